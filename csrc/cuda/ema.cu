@@ -1,0 +1,123 @@
+// CUDA backend of gk.ops.ema_update_: apex-style multi_tensor_apply. The host packs up to
+// kMaxTensors tensors and kMaxBlocks fixed-size chunks into a table passed by value as the
+// kernel argument (under the 4 KiB parameter limit), so one launch covers many tensors with
+// no device-side metadata allocation and no host sync.
+#include <cuda_runtime.h>
+
+#include "gankern/common.h"
+#include "gankern/ema.h"
+
+namespace gankern {
+namespace {
+
+constexpr int kMaxTensors = 48;
+constexpr int kMaxBlocks = 320;
+constexpr int kThreads = 512;
+constexpr int64_t kChunk = 16384;  // elements per block: 32 per thread, enough in flight
+
+struct EmaTable {
+  void* shadow[kMaxTensors];
+  const void* param[kMaxTensors];
+  int64_t numel[kMaxTensors];
+  int chunk[kMaxBlocks];
+  unsigned char tensor[kMaxBlocks];
+};
+static_assert(sizeof(EmaTable) < 4000, "kernel parameter limit");
+
+template <typename A>
+__device__ __forceinline__ A lerp(A s, A p, A w) {
+  A d = p - s;
+  return w < A(0.5) ? s + w * d : p - d * (A(1) - w);
+}
+
+template <typename S, typename P>
+__global__ void __launch_bounds__(kThreads) ema_kernel(EmaTable table, double weight,
+                                                        const float* weight_ptr) {
+  using A = typename Acc<S>::type;
+  const int t = table.tensor[blockIdx.x];
+  const int64_t begin = int64_t(table.chunk[blockIdx.x]) * kChunk;
+  const int64_t n = table.numel[t];
+  const int64_t end = begin + kChunk < n ? begin + kChunk : n;
+  S* __restrict__ s = static_cast<S*>(table.shadow[t]);
+  const P* __restrict__ p = static_cast<const P*>(table.param[t]);
+  const A w = weight_ptr ? A(*weight_ptr) : A(weight);
+#pragma unroll 4
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+    s[i] = Convert<S>::store(lerp<A>(A(Convert<S>::load(s[i])), A(Convert<P>::load(p[i])), w));
+}
+
+template <typename S, typename P>
+int launch(int64_t n, void* const* shadow, const void* const* params, const int64_t* numel,
+           double weight, const float* weight_ptr, cudaStream_t stream) {
+  EmaTable table;
+  int n_tensors = 0, n_blocks = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    if (numel[t] == 0) continue;
+    table.shadow[n_tensors] = shadow[t];
+    table.param[n_tensors] = params[t];
+    table.numel[n_tensors] = numel[t];
+    const int64_t chunks = (numel[t] + kChunk - 1) / kChunk;
+    for (int64_t c = 0; c < chunks; ++c) {
+      table.tensor[n_blocks] = (unsigned char)n_tensors;
+      table.chunk[n_blocks] = int(c);
+      ++n_blocks;
+      const bool table_full = n_blocks == kMaxBlocks;
+      const bool last_chunk = c == chunks - 1;
+      const bool tensors_full = n_tensors + 1 == kMaxTensors && last_chunk;
+      if (table_full || tensors_full) {
+        ema_kernel<S, P><<<n_blocks, kThreads, 0, stream>>>(table, weight, weight_ptr);
+        cudaError_t err = cudaGetLastError();
+        if (err != cudaSuccess) return int(err);
+        n_blocks = 0;
+        if (last_chunk) {
+          n_tensors = -1;  // the next tensor starts a fresh table
+        } else {           // the current tensor continues in slot 0 of the next table
+          table.shadow[0] = table.shadow[n_tensors];
+          table.param[0] = table.param[n_tensors];
+          table.numel[0] = table.numel[n_tensors];
+          n_tensors = 0;
+        }
+      }
+    }
+    ++n_tensors;
+  }
+  if (n_blocks > 0) {
+    ema_kernel<S, P><<<n_blocks, kThreads, 0, stream>>>(table, weight, weight_ptr);
+    return int(cudaGetLastError());
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace gankern
+
+using namespace gankern;
+
+extern "C" int gankern_ema_update_cuda(int64_t n, void* const* shadow, const void* const* params,
+                                       const int64_t* numel, int sd, int pd, double weight,
+                                       const float* weight_ptr, void* stream_ptr) {
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  if (sd == pd) {
+    switch (sd) {
+      case kFloat32: return launch<float, float>(n, shadow, params, numel, weight, weight_ptr, stream);
+      case kFloat64: return launch<double, double>(n, shadow, params, numel, weight, weight_ptr, stream);
+      case kFloat16: return launch<half_bits, half_bits>(n, shadow, params, numel, weight, weight_ptr, stream);
+      case kBFloat16: return launch<bf16_bits, bf16_bits>(n, shadow, params, numel, weight, weight_ptr, stream);
+    }
+  } else if (sd == kFloat32 && pd == kFloat16) {
+    return launch<float, half_bits>(n, shadow, params, numel, weight, weight_ptr, stream);
+  } else if (sd == kFloat32 && pd == kBFloat16) {
+    return launch<float, bf16_bits>(n, shadow, params, numel, weight, weight_ptr, stream);
+  }
+  return -1;
+}
+
+extern "C" const char* gankern_cuda_error_string(int code) {
+  return code == -1 ? "unsupported dtype combination" : cudaGetErrorString(cudaError_t(code));
+}
+
+extern "C" int gankern_cuda_runtime_version() {
+  int v = 0;
+  cudaRuntimeGetVersion(&v);
+  return v;
+}

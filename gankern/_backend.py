@@ -1,0 +1,75 @@
+"""Which implementations of an op exist on a device, and which one a call uses.
+
+Backends: "reference" (pure PyTorch, the definition), "triton" (GPU; CPU tensors only under
+TRITON_INTERPRET=1, which is how the test suite runs it without a GPU), "cuda" (csrc/cuda)
+and "cpu" (csrc/cpu). impl="auto" takes the first usable backend of the op's order for the
+device; GANKERN_IMPL=<name> replaces "auto" everywhere (an explicit impl= still wins).
+An explicit backend that is not usable raises ValueError; auto never picks an unusable one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+import torch
+
+from . import _native
+
+BACKENDS = ("reference", "triton", "cuda", "cpu")
+
+# Auto order per device type. CPU: the native kernels beat the reference in every benchmark run
+# so far (see README, CPU table); the Triton interpreter is a test vehicle, never a CPU choice.
+# CUDA: native first, then Triton (order set from kernel design; not yet measured on a GPU).
+AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+
+def triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def usable(backend: str, device: torch.device) -> bool:
+    if backend == "reference":
+        return True
+    if backend == "triton":
+        if not triton_importable():
+            return False
+        if device.type == "cuda":
+            return True
+        return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    if backend == "cuda":
+        return device.type == "cuda" and _native.available("cuda")
+    if backend == "cpu":
+        return device.type == "cpu" and _native.available("cpu")
+    return False
+
+
+def available(implemented: Iterable[str], device: torch.device) -> list[str]:
+    return [b for b in implemented if usable(b, device)]
+
+
+def resolve(impl, device: torch.device, implemented: Sequence[str] = BACKENDS, op: str = "op") -> str:
+    """The backend name a call runs on; ValueError names the usable ones when impl is not."""
+    if not isinstance(impl, str):
+        raise TypeError(f"impl must be a str, got {type(impl).__name__}")
+    requested = impl
+    if impl == "auto":
+        impl = os.environ.get("GANKERN_IMPL", "auto") or "auto"
+    if impl == "auto":
+        for backend in AUTO_ORDER.get(device.type, ("reference",)):
+            if backend in implemented and usable(backend, device):
+                return backend
+        return "reference"
+    if impl not in BACKENDS:
+        raise ValueError(f"impl must be 'auto' or one of {BACKENDS}, got {impl!r}"
+                         + (" (from GANKERN_IMPL)" if requested == "auto" else ""))
+    if impl not in implemented or not usable(impl, device):
+        ok = ", ".join(available(implemented, device))
+        why = "" if impl in implemented else f" ({op} has no {impl} implementation)"
+        src = " (from GANKERN_IMPL)" if requested == "auto" else ""
+        raise ValueError(f"impl={impl!r}{src} is not available for {op} on {device}{why}; available: {ok}")
+    return impl

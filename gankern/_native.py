@@ -1,0 +1,146 @@
+"""The only door to gankern._C: load it once, check every tensor, then hand over raw pointers.
+
+csrc/ is torch-free, so a kernel there cannot check anything itself: whatever reaches it must
+already be on the right device, of a supported dtype, dense, of matching sizes, and must not
+alias what it writes. Every launcher wrapper below runs those checks first, so a bad tensor
+gets a ValueError/TypeError, never a segfault or silent corruption. If the extension is
+missing or fails to load, the first use warns once and the auto backend falls back.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+
+from ._checks import check_no_overlap, check_same_layout, check_tensor, common_device
+
+# Must match csrc/include/gankern/common.h:DType.
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+
+_C = None
+_load_error: str | None = None
+_loaded = False
+_warned = False
+
+
+def _load():
+    global _C, _load_error, _loaded
+    if not _loaded:
+        _loaded = True
+        try:
+            from . import _C as module
+
+            _C = module
+        except Exception as e:  # ImportError, or an undefined symbol from a broken build
+            _load_error = f"{type(e).__name__}: {e}"
+    return _C
+
+
+def load_error() -> str | None:
+    _load()
+    return _load_error
+
+
+def available(kind: str) -> bool:
+    """Whether the native kernels of kind ("cpu" or "cuda") were built and can run here."""
+    global _warned
+    C = _load()
+    if C is None:
+        if not _warned:
+            _warned = True
+            warnings.warn(f"gankern: native extension unavailable ({_load_error}); falling back to "
+                          f"Triton/reference. Rebuild with `pip install --no-build-isolation -e .`",
+                          RuntimeWarning, stacklevel=3)
+        return False
+    if kind == "cpu":
+        return True
+    if kind == "cuda":
+        return bool(C.cuda_compiled) and torch.cuda.is_available()
+    return False
+
+
+def cuda_compiled() -> bool:
+    C = _load()
+    return bool(C is not None and C.cuda_compiled)
+
+
+def _require(kind: str):
+    if not available(kind):
+        raise RuntimeError(f"gankern native {kind} kernels are not available: "
+                           f"{_load_error or 'built without CUDA' if kind == 'cuda' else _load_error}")
+    return _C
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _kind(device: torch.device) -> str:
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"gankern native kernels run on cpu or cuda tensors, got {device}")
+    return device.type
+
+
+# ----------------------------------------------------------------------------------------------
+# EMA
+# ----------------------------------------------------------------------------------------------
+EMA_DTYPE_PAIRS = {(s, s) for s in DTYPE_CODES} | {(torch.float32, torch.float16),
+                                                    (torch.float32, torch.bfloat16)}
+
+
+def check_ema_args(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], weight):
+    """Full validation of an ema_update_ call; returns the common device."""
+    if len(shadow) != len(params):
+        raise ValueError(f"shadow and params must have the same length, got {len(shadow)} and {len(params)}")
+    names = [f"shadow[{i}]" for i in range(len(shadow))] + [f"params[{i}]" for i in range(len(params))]
+    device = common_device(list(shadow) + list(params), names)
+    for i, (s, p) in enumerate(zip(shadow, params)):
+        check_tensor(s, f"shadow[{i}]")
+        check_tensor(p, f"params[{i}]")
+        if (s.dtype, p.dtype) not in EMA_DTYPE_PAIRS:
+            raise TypeError(f"shadow[{i}] is {s.dtype} and params[{i}] is {p.dtype}: supported are equal "
+                            f"dtypes or a float32 shadow of float16/bfloat16 params")
+        check_same_layout(s, p, f"shadow[{i}]", f"params[{i}]")
+    check_no_overlap(shadow, params, "shadow", "params")
+    if isinstance(weight, torch.Tensor):
+        if weight.dim() != 0 or not weight.is_floating_point():
+            raise ValueError(f"weight must be a float or a 0-d floating tensor, got {weight.dtype} of shape "
+                             f"{tuple(weight.shape)}")
+        if weight.device != device and len(shadow):
+            raise ValueError(f"weight is on {weight.device}, expected {device}")
+    elif isinstance(weight, bool) or not isinstance(weight, (float, int)):
+        raise TypeError(f"weight must be a float or a 0-d tensor, got {type(weight).__name__}")
+    elif not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    return device
+
+
+def ema_update_(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], weight) -> None:
+    """shadow[i] = lerp(shadow[i], params[i], weight) with one native call per dtype pair."""
+    device = check_ema_args(shadow, params, weight)
+    if not shadow:
+        return
+    kind = _kind(device)
+    C = _require(kind)
+    weight_value, weight_ptr = 0.0, 0
+    if isinstance(weight, torch.Tensor):
+        weight = weight.to(torch.float32)  # a device cast, no host sync; kept alive below
+        weight_ptr = weight.data_ptr()
+    else:
+        weight_value = float(weight)
+    groups: dict = {}
+    for s, p in zip(shadow, params):
+        groups.setdefault((s.dtype, p.dtype), ([], [], []))
+        g = groups[(s.dtype, p.dtype)]
+        g[0].append(s.data_ptr())
+        g[1].append(p.data_ptr())
+        g[2].append(s.numel())
+    for (sd, pd), (sp, pp, numel) in groups.items():
+        if kind == "cpu":
+            C.ema_update_cpu(sp, pp, numel, DTYPE_CODES[sd], DTYPE_CODES[pd], weight_value, weight_ptr)
+        else:
+            with torch.cuda.device(device):
+                C.ema_update_cuda(sp, pp, numel, DTYPE_CODES[sd], DTYPE_CODES[pd], weight_value,
+                                  weight_ptr, _stream(device))
