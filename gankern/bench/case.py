@@ -1,0 +1,36 @@
+"""What a benchmark case is: the contract between the per-op case files and the runner.
+
+Each op contributes gankern/bench/cases/<op>.py with `def cases(device, quick) -> list[Case]`.
+The runner (gankern/bench/runner.py) times every implementation of a case side by side in one
+run, checks each result against the float64 reference first (a wrong result reports no time),
+and derives ratios, GB/s and % of the floor. benchmarks/bench_<op>.py runs the same cases
+under pytest-benchmark, so the two never disagree about what is measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+
+@dataclass
+class Impl:
+    """One way of computing the case: a gankern backend or a reference implementation."""
+
+    label: str                      # e.g. "gankern[cuda]", "gankern[triton]", "torch", "torch.compile"
+    run: Callable[[], Any]          # one iteration; returns what `error` checks
+    is_baseline: bool = False       # the implementation ratios are taken against
+    setup: Optional[Callable[[], None]] = None  # once before timing (warm-up, compile)
+
+
+@dataclass
+class Case:
+    op: str                         # "ema", "spectral_norm", "gradient_penalty", "bias_act", "e2e"
+    name: str                       # what is measured, e.g. "SNGAN-32 D fwd+bwd, fp32, batch 64"
+    impls: list[Impl]
+    # result of an Impl.run -> relative error against the float64 reference (None: not checkable)
+    error: Optional[Callable[[Any], float]] = None
+    tolerance: float = 1e-5         # a result with larger error is reported wrong, without a time
+    bytes_moved: Optional[int] = None   # the minimum bytes a perfect kernel must move (floor)
+    flops: Optional[int] = None         # the minimum FLOPs (compute floor)
+    params: dict = field(default_factory=dict)  # shapes, dtype, batch: printed and saved in JSON

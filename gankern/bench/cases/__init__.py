@@ -1,0 +1,1 @@
+"""Benchmark cases, one module per op; each exposes cases(device, quick) -> list[Case]."""
