@@ -90,8 +90,13 @@ EMA_DTYPE_PAIRS = {(s, s) for s in DTYPE_CODES} | {(torch.float32, torch.float16
                                                     (torch.float32, torch.bfloat16)}
 
 
-def check_ema_args(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], weight):
-    """Full validation of an ema_update_ call; returns the common device."""
+def check_ema_args(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], weight,
+                   check_overlap: bool = True):
+    """Full validation of an ema_update_ call; returns the common device.
+
+    check_overlap=False skips the aliasing check, which reads data pointers and so cannot run
+    while torch.compile traces; the custom op then runs it on the real tensors instead.
+    """
     if len(shadow) != len(params):
         raise ValueError(f"shadow and params must have the same length, got {len(shadow)} and {len(params)}")
     names = [f"shadow[{i}]" for i in range(len(shadow))] + [f"params[{i}]" for i in range(len(params))]
@@ -103,7 +108,8 @@ def check_ema_args(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor
             raise TypeError(f"shadow[{i}] is {s.dtype} and params[{i}] is {p.dtype}: supported are equal "
                             f"dtypes or a float32 shadow of float16/bfloat16 params")
         check_same_layout(s, p, f"shadow[{i}]", f"params[{i}]")
-    check_no_overlap(shadow, params, "shadow", "params")
+    if check_overlap:
+        check_no_overlap(shadow, params, "shadow", "params")
     if isinstance(weight, torch.Tensor):
         if weight.dim() != 0 or not weight.is_floating_point():
             raise ValueError(f"weight must be a float or a 0-d floating tensor, got {weight.dtype} of shape "
@@ -144,3 +150,66 @@ def ema_update_(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], 
             with torch.cuda.device(device):
                 C.ema_update_cuda(sp, pp, numel, DTYPE_CODES[sd], DTYPE_CODES[pd], weight_value,
                                   weight_ptr, _stream(device))
+
+
+# ----------------------------------------------------------------------------------------------
+# norm_penalty (gradient penalty)
+# ----------------------------------------------------------------------------------------------
+def _acc_of(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_rows(grads: torch.Tensor, name: str = "grads") -> tuple[int, int]:
+    """grads as B dense rows of N elements: batch outermost, each sample one contiguous block."""
+    from ._checks import is_dense
+
+    check_tensor(grads, name, allow_empty=False, min_ndim=1)
+    b = grads.shape[0]
+    n = grads.numel() // b
+    if not is_dense(grads) or (b > 1 and grads.stride(0) != n):
+        raise ValueError(f"{name} must be dense with the batch dim outermost, got strides {grads.stride()}")
+    return b, n
+
+
+def _check_vec(t: torch.Tensor, name: str, shape: tuple, dtype: torch.dtype, device) -> None:
+    check_tensor(t, name, dtypes=(dtype,), device=device)
+    if tuple(t.shape) != shape or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous tensor of shape {shape}, got {tuple(t.shape)} "
+                         f"with strides {t.stride()}")
+
+
+def norm_penalty(grads: torch.Tensor, center: float, weight: float):
+    b, n = _check_rows(grads)
+    kind = _kind(grads.device)
+    C = _require(kind)
+    acc = _acc_of(grads.dtype)
+    norms = torch.empty(b, dtype=acc, device=grads.device)
+    penalty = torch.empty((), dtype=acc, device=grads.device)
+    args = (grads.data_ptr(), norms.data_ptr(), penalty.data_ptr(), b, n, DTYPE_CODES[grads.dtype],
+            float(center), float(weight))
+    if kind == "cpu":
+        C.norm_penalty_cpu(*args)
+    else:
+        with torch.cuda.device(grads.device):
+            C.norm_penalty_cuda(*args, _stream(grads.device))
+    return penalty, norms
+
+
+def norm_penalty_backward(grad_penalty: torch.Tensor, grad_norms: torch.Tensor, grads: torch.Tensor,
+                          norms: torch.Tensor, center: float, weight: float) -> torch.Tensor:
+    b, n = _check_rows(grads)
+    acc = _acc_of(grads.dtype)
+    _check_vec(grad_penalty, "grad_penalty", (), acc, grads.device)
+    _check_vec(grad_norms, "grad_norms", (b,), acc, grads.device)
+    _check_vec(norms, "norms", (b,), acc, grads.device)
+    kind = _kind(grads.device)
+    C = _require(kind)
+    out = torch.empty_like(grads)  # same dense layout as grads, so rows line up
+    args = (grad_penalty.data_ptr(), grad_norms.data_ptr(), grads.data_ptr(), norms.data_ptr(),
+            out.data_ptr(), b, n, DTYPE_CODES[grads.dtype], float(center), float(weight))
+    if kind == "cpu":
+        C.norm_penalty_backward_cpu(*args)
+    else:
+        with torch.cuda.device(grads.device):
+            C.norm_penalty_backward_cuda(*args, _stream(grads.device))
+    return out

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from ... import _backend, _native
+from ..._checks import check_no_overlap, check_tensor_list
 from .reference import ema_update_reference_
 
 IMPLEMENTED = ("reference", "triton", "cuda", "cpu")
@@ -20,6 +21,8 @@ IMPLEMENTED = ("reference", "triton", "cuda", "cpu")
 def _ema_update_op(shadow: list[torch.Tensor], params: list[torch.Tensor], weight: float,
                    weight_tensor: Optional[torch.Tensor], backend: str) -> None:
     w = weight_tensor if weight_tensor is not None else weight
+    if backend in ("reference", "triton"):  # the native path checks aliasing at its boundary
+        check_no_overlap(shadow, params, "shadow", "params")
     if backend == "reference":
         ema_update_reference_(shadow, params, w)
     elif backend == "triton":
@@ -43,13 +46,11 @@ def ema_update_(shadow, params, weight, impl: str = "auto") -> None:
     CUDA graph. One launch per (shadow dtype, param dtype) group; a float32 shadow of bf16/fp16
     params is updated in one pass, reading the params upcast.
     """
-    from ..._checks import check_tensor_list
-
     shadow = check_tensor_list(shadow, "shadow")
     params = check_tensor_list(params, "params")
     if isinstance(weight, torch.Tensor) and weight.device.type == "cpu" and shadow and shadow[0].is_cuda:
         weight = float(weight)  # a CPU scalar costs no device sync
-    device = _native.check_ema_args(shadow, params, weight)
+    device = _native.check_ema_args(shadow, params, weight, check_overlap=False)
     if not shadow:
         return
     backend = _backend.resolve(impl, device, IMPLEMENTED, op="ema_update_")
