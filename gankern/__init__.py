@@ -5,7 +5,9 @@ The public API (DESIGN.md §2). Everything else is internal.
 
 from . import ops
 from .nn import EMA, ema_schedules
+from .nn import convert_spectral_norm, spectral_norm
+from .train.gradient_penalty import gradient_penalty
 
 __version__ = "0.1.0"
 
-__all__ = ["EMA", "ema_schedules", "ops", "__version__"]
+__all__ = ["EMA", "ema_schedules", "spectral_norm", "convert_spectral_norm", "gradient_penalty", "ops", "__version__"]

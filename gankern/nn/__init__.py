@@ -2,5 +2,6 @@
 
 from . import ema_schedules
 from .ema import EMA
+from .spectral_norm import SpectralNorm, convert_spectral_norm, spectral_norm
 
-__all__ = ["EMA", "ema_schedules"]
+__all__ = ["EMA", "ema_schedules", "SpectralNorm", "convert_spectral_norm", "spectral_norm"]

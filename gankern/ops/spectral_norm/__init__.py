@@ -1,0 +1,3 @@
+"""Spectral-norm ops (placeholder: reference only until the fused kernels land)."""
+
+IMPLEMENTED = ("reference",)
