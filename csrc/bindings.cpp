@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "gankern/ema.h"
+#include "gankern/norm_penalty.h"  // gp
+#include "gankern/spectral_norm.h"  // sn
 
 namespace py = pybind11;
 using Ptrs = std::vector<uintptr_t>;
@@ -54,6 +56,71 @@ void ema_update_cuda(const Ptrs& shadow, const Ptrs& params, const Sizes& numel,
 }
 #endif
 
+// --- norm_penalty (gp) ---
+void norm_penalty_cpu(uintptr_t grads, uintptr_t norms, uintptr_t penalty, int64_t B, int64_t N,
+                      int dtype, double center, double weight) {
+  py::gil_scoped_release nogil;
+  check_cpu(gankern::norm_penalty_cpu(as_ptr(grads), as_ptr(norms), as_ptr(penalty), B, N, dtype,
+                                      center, weight), "norm_penalty");
+}
+
+void norm_penalty_backward_cpu(uintptr_t gp, uintptr_t gn, uintptr_t grads, uintptr_t norms,
+                               uintptr_t out, int64_t B, int64_t N, int dtype, double center,
+                               double weight) {
+  py::gil_scoped_release nogil;
+  check_cpu(gankern::norm_penalty_backward_cpu(as_ptr(gp), as_ptr(gn), as_ptr(grads), as_ptr(norms),
+                                               as_ptr(out), B, N, dtype, center, weight),
+            "norm_penalty_backward");
+}
+
+#ifdef GANKERN_WITH_CUDA
+void norm_penalty_cuda(uintptr_t grads, uintptr_t norms, uintptr_t penalty, int64_t B, int64_t N,
+                       int dtype, double center, double weight, uintptr_t stream) {
+  check_cuda(gankern_norm_penalty_cuda(as_ptr(grads), as_ptr(norms), as_ptr(penalty), B, N, dtype,
+                                       center, weight, as_ptr(stream)), "norm_penalty");
+}
+
+void norm_penalty_backward_cuda(uintptr_t gp, uintptr_t gn, uintptr_t grads, uintptr_t norms,
+                                uintptr_t out, int64_t B, int64_t N, int dtype, double center,
+                                double weight, uintptr_t stream) {
+  check_cuda(gankern_norm_penalty_backward_cuda(as_ptr(gp), as_ptr(gn), as_ptr(grads), as_ptr(norms),
+                                                as_ptr(out), B, N, dtype, center, weight,
+                                                as_ptr(stream)), "norm_penalty_backward");
+}
+#endif
+// --- end norm_penalty (gp) ---
+
+// --- spectral_norm (sn) ---
+void sn_power_iteration_cpu(int dtype, uintptr_t w, int64_t A, int64_t M, int64_t B, uintptr_t u,
+                            uintptr_t v, int64_t n_iter, double eps, uintptr_t sigma,
+                            uintptr_t u_copy, uintptr_t v_copy) {
+  py::gil_scoped_release nogil;
+  check_cpu(gankern::sn_power_iteration_cpu(dtype, as_ptr(w), A, M, B, as_ptr(u), as_ptr(v), n_iter,
+                                            eps, as_ptr(sigma), as_ptr(u_copy), as_ptr(v_copy)),
+            "sn_power_iteration");
+}
+
+void sn_sigma_cpu(int dtype, uintptr_t w, int64_t A, int64_t M, int64_t B, uintptr_t u, uintptr_t v,
+                  uintptr_t sigma) {
+  py::gil_scoped_release nogil;
+  check_cpu(gankern::sn_sigma_cpu(dtype, as_ptr(w), A, M, B, as_ptr(u), as_ptr(v), as_ptr(sigma)),
+            "sn_sigma");
+}
+
+void sn_scale_cpu(int dtype, uintptr_t w, int64_t numel, uintptr_t sigma, uintptr_t out) {
+  py::gil_scoped_release nogil;
+  check_cpu(gankern::sn_scale_cpu(dtype, as_ptr(w), numel, as_ptr(sigma), as_ptr(out)), "sn_scale");
+}
+
+void sn_normalize_backward_cpu(int dtype, uintptr_t g, uintptr_t w, int64_t A, int64_t M, int64_t B,
+                               uintptr_t u, uintptr_t v, uintptr_t sigma, uintptr_t out) {
+  py::gil_scoped_release nogil;
+  check_cpu(gankern::sn_normalize_backward_cpu(dtype, as_ptr(g), as_ptr(w), A, M, B, as_ptr(u),
+                                               as_ptr(v), as_ptr(sigma), as_ptr(out)),
+            "sn_normalize_backward");
+}
+// --- end spectral_norm (sn) ---
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -68,4 +135,18 @@ PYBIND11_MODULE(_C, m) {
 #ifdef GANKERN_WITH_CUDA
   m.def("ema_update_cuda", &ema_update_cuda);
 #endif
+  // --- gp ---
+  m.def("norm_penalty_cpu", &norm_penalty_cpu);
+  m.def("norm_penalty_backward_cpu", &norm_penalty_backward_cpu);
+#ifdef GANKERN_WITH_CUDA
+  m.def("norm_penalty_cuda", &norm_penalty_cuda);
+  m.def("norm_penalty_backward_cuda", &norm_penalty_backward_cuda);
+#endif
+  // --- end gp ---
+  // --- sn ---
+  m.def("sn_power_iteration_cpu", &sn_power_iteration_cpu);
+  m.def("sn_sigma_cpu", &sn_sigma_cpu);
+  m.def("sn_scale_cpu", &sn_scale_cpu);
+  m.def("sn_normalize_backward_cpu", &sn_normalize_backward_cpu);
+  // --- end sn ---
 }

@@ -213,3 +213,112 @@ def norm_penalty_backward(grad_penalty: torch.Tensor, grad_norms: torch.Tensor, 
         with torch.cuda.device(grads.device):
             C.norm_penalty_backward_cuda(*args, _stream(grads.device))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Spectral norm (sn)
+# ----------------------------------------------------------------------------------------------
+def sn_check(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int,
+             grad: torch.Tensor | None = None, sigma: torch.Tensor | None = None) -> tuple[int, int, int]:
+    """Checks of every sn launcher; returns (A, M, B) of the weight's 3-D view (see
+    csrc/include/gankern/spectral_norm.h)."""
+    check_tensor(weight, "weight", min_ndim=2, allow_empty=False)
+    if not weight.is_contiguous():
+        raise ValueError(f"weight must be contiguous, got strides {weight.stride()}")
+    if not isinstance(dim, int) or not 0 <= dim < weight.dim():
+        raise ValueError(f"dim must be in [0, {weight.dim() - 1}], got {dim}")
+    shape = tuple(weight.shape)
+    a = 1
+    for s in shape[:dim]:
+        a *= s
+    m = shape[dim]
+    b = weight.numel() // (a * m)
+    for t, name, n in ((u, "u", m), (v, "v", a * b)):
+        check_tensor(t, name, dtypes=(weight.dtype,), device=weight.device, ndim=1)
+        if t.numel() != n or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous vector of {n} elements for weight of shape "
+                             f"{shape} and dim={dim}, got shape {tuple(t.shape)}")
+    if grad is not None:
+        check_tensor(grad, "grad", dtypes=(weight.dtype,), device=weight.device)
+        if grad.shape != weight.shape or not grad.is_contiguous():
+            raise ValueError(f"grad must be contiguous with shape {shape}, got {tuple(grad.shape)}")
+    if sigma is not None:
+        check_tensor(sigma, "sigma", dtypes=(weight.dtype,), device=weight.device, ndim=0)
+    return a, m, b
+
+
+def _sn_workspace(weight: torch.Tensor, a: int, m: int, b: int) -> torch.Tensor:
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return torch.empty(_C.sn_workspace_elems(a, m, b), dtype=acc, device=weight.device)
+
+
+def sn_power_iteration_(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int,
+                        n_iter: int, eps: float):
+    """u, v updated in place; returns (sigma, copy of u, copy of v)."""
+    a, m, b = sn_check(weight, u, v, dim)
+    check_no_overlap([u, v], [weight], "u/v", "weight")
+    kind = _kind(weight.device)
+    C = _require(kind)
+    sigma = torch.empty((), dtype=weight.dtype, device=weight.device)
+    u_copy, v_copy = torch.empty_like(u), torch.empty_like(v)
+    args = (DTYPE_CODES[weight.dtype], weight.data_ptr(), a, m, b, u.data_ptr(), v.data_ptr(),
+            int(n_iter), float(eps), sigma.data_ptr(), u_copy.data_ptr(), v_copy.data_ptr())
+    if kind == "cpu":
+        C.sn_power_iteration_cpu(*args)
+    else:
+        with torch.cuda.device(weight.device):
+            work = _sn_workspace(weight, a, m, b)
+            C.sn_power_iteration_cuda(*args, work.data_ptr(), _stream(weight.device))
+    return sigma, u_copy, v_copy
+
+
+def sn_sigma(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
+    a, m, b = sn_check(weight, u, v, dim)
+    kind = _kind(weight.device)
+    C = _require(kind)
+    sigma = torch.empty((), dtype=weight.dtype, device=weight.device)
+    args = (DTYPE_CODES[weight.dtype], weight.data_ptr(), a, m, b, u.data_ptr(), v.data_ptr(),
+            sigma.data_ptr())
+    if kind == "cpu":
+        C.sn_sigma_cpu(*args)
+    else:
+        with torch.cuda.device(weight.device):
+            work = _sn_workspace(weight, a, m, b)
+            C.sn_sigma_cuda(*args, work.data_ptr(), _stream(weight.device))
+    return sigma
+
+
+def sn_scale(weight: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """weight / sigma."""
+    check_tensor(weight, "weight")
+    if not weight.is_contiguous():
+        raise ValueError(f"weight must be contiguous, got strides {weight.stride()}")
+    check_tensor(sigma, "sigma", dtypes=(weight.dtype,), device=weight.device, ndim=0)
+    kind = _kind(weight.device)
+    C = _require(kind)
+    out = torch.empty_like(weight)
+    args = (DTYPE_CODES[weight.dtype], weight.data_ptr(), weight.numel(), sigma.data_ptr(), out.data_ptr())
+    if kind == "cpu":
+        C.sn_scale_cpu(*args)
+    else:
+        with torch.cuda.device(weight.device):
+            C.sn_scale_cuda(*args, _stream(weight.device))
+    return out
+
+
+def sn_normalize_backward(grad: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                          sigma: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """grad/sigma - (<grad, weight>/sigma^2) u v^T; sigma None: u^T W v, computed here."""
+    a, m, b = sn_check(weight, u, v, dim, grad=grad, sigma=sigma)
+    kind = _kind(weight.device)
+    C = _require(kind)
+    out = torch.empty_like(weight)
+    args = (DTYPE_CODES[weight.dtype], grad.data_ptr(), weight.data_ptr(), a, m, b, u.data_ptr(),
+            v.data_ptr(), 0 if sigma is None else sigma.data_ptr(), out.data_ptr())
+    if kind == "cpu":
+        C.sn_normalize_backward_cpu(*args)
+    else:
+        with torch.cuda.device(weight.device):
+            work = _sn_workspace(weight, a, m, b)
+            C.sn_normalize_backward_cuda(*args, work.data_ptr(), _stream(weight.device))
+    return out

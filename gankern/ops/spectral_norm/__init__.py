@@ -1,3 +1,163 @@
-"""Spectral-norm ops (placeholder: reference only until the fused kernels land)."""
+"""Spectral-norm ops: fused power iteration, sigma, W/sigma and its analytic backward.
 
-IMPLEMENTED = ("reference",)
+Each is a torch.library custom op (visible to torch.compile, checked by opcheck) that
+dispatches to the backend resolved by the caller (gankern.nn.spectral_norm resolves it once per
+device). The weight is used in place through its (A, M, B) view (reference.py), never permuted.
+
+sn_normalize(weight, u, v, sigma) returns W / sigma where sigma stands for u^T W v with u, v
+constants; its backward is dW = G/sigma - (<G, W>/sigma^2) u v^T in one fused op. A caller that
+already has sigma (the power iteration returns it for free) passes it to save a pass over W;
+sigma=None computes it inside the op, which is how gradcheck sees a function of W alone.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ... import _native
+from .reference import (matrix_dims, normalize_backward_reference, power_iteration_reference_,
+                        sigma_reference, to_matrix)
+
+IMPLEMENTED = ("reference", "cuda", "cpu")
+
+
+def _triton():
+    from . import triton as sn_triton
+
+    return sn_triton
+
+
+# -- power iteration ---------------------------------------------------------------------------
+@torch.library.custom_op("gankern::sn_power_iteration_", mutates_args=("u", "v"))
+def _power_iteration_op(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, n_iter: int,
+                        eps: float, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "reference":
+        w_mat = to_matrix(weight, dim)
+        power_iteration_reference_(w_mat, u, v, n_iter, eps)
+        u_copy, v_copy = u.clone(), v.clone()
+        return sigma_reference(w_mat, u_copy, v_copy), u_copy, v_copy
+    if backend == "triton":
+        return _triton().power_iteration_(weight, u, v, dim, n_iter, eps)
+    return _native.sn_power_iteration_(weight, u, v, dim, n_iter, eps)
+
+
+@_power_iteration_op.register_fake
+def _(weight, u, v, dim, n_iter, eps, backend):
+    return weight.new_empty(()), torch.empty_like(u), torch.empty_like(v)
+
+
+# -- sigma (eval: no power iteration) ----------------------------------------------------------
+@torch.library.custom_op("gankern::sn_sigma", mutates_args=())
+def _sigma_op(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, backend: str) -> torch.Tensor:
+    if backend == "reference":
+        return sigma_reference(to_matrix(weight, dim), u, v)
+    if backend == "triton":
+        return _triton().sigma(weight, u, v, dim)
+    return _native.sn_sigma(weight, u, v, dim)
+
+
+@_sigma_op.register_fake
+def _(weight, u, v, dim, backend):
+    return weight.new_empty(())
+
+
+# -- W / sigma and its backward ----------------------------------------------------------------
+@torch.library.custom_op("gankern::sn_normalize", mutates_args=())
+def _normalize_op(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: Optional[torch.Tensor],
+                  dim: int, backend: str) -> torch.Tensor:
+    if sigma is None:
+        sigma = _sigma_op(weight, u, v, dim, backend)
+    if backend == "reference":
+        return weight / sigma
+    if backend == "triton":
+        return _triton().scale(weight, sigma)
+    return _native.sn_scale(weight, sigma)
+
+
+@_normalize_op.register_fake
+def _(weight, u, v, sigma, dim, backend):
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("gankern::sn_normalize_backward", mutates_args=())
+def _normalize_backward_op(grad: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                           sigma: Optional[torch.Tensor], dim: int, backend: str) -> torch.Tensor:
+    if backend == "reference":
+        s = sigma_reference(to_matrix(weight, dim), u, v) if sigma is None else sigma
+        return normalize_backward_reference(grad, weight, u, v, s, dim)
+    if backend == "triton":
+        return _triton().normalize_backward(grad, weight, u, v, sigma, dim)
+    return _native.sn_normalize_backward(grad, weight, u, v, sigma, dim)
+
+
+@_normalize_backward_op.register_fake
+def _(grad, weight, u, v, sigma, dim, backend):
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+def _normalize_setup(ctx, inputs, output):
+    weight, u, v, sigma, dim, backend = inputs
+    ctx.dim, ctx.backend, ctx.has_sigma = dim, backend, sigma is not None
+    ctx.save_for_backward(weight, u, v, sigma if sigma is not None else weight.new_empty(()))
+
+
+def _normalize_backward(ctx, grad):
+    weight, u, v, sigma = ctx.saved_tensors
+    d_weight = _normalize_backward_op(grad.contiguous(), weight, u, v, sigma if ctx.has_sigma else None,
+                                      ctx.dim, ctx.backend)
+    return d_weight, None, None, None, None, None
+
+
+_normalize_op.register_autograd(_normalize_backward, setup_context=_normalize_setup)
+
+
+def _backward_setup(ctx, inputs, output):
+    grad, weight, u, v, sigma, dim, backend = inputs
+    ctx.dim, ctx.has_sigma = dim, sigma is not None
+    ctx.save_for_backward(grad, weight, u, v, sigma if sigma is not None else weight.new_empty(()))
+
+
+def _backward_backward(ctx, hess):
+    # Second order in plain (differentiable) torch ops, from L = <H, G/s - (<G,W>/s^2) u v^T>
+    # with s = u^T W v:  dL/dG = H/s - (<H,P>/s^2) W,
+    #                    dL/dW = -(<H,P>/s^2) G + (2<G,W><H,P>/s^3 - <H,G>/s^2) P,  P = u v^T.
+    grad, weight, u, v, sigma = ctx.saved_tensors
+    dim = ctx.dim
+    w_mat, g_mat, h_mat = to_matrix(weight, dim), to_matrix(grad, dim), to_matrix(hess, dim)
+    s = sigma if ctx.has_sigma else sigma_reference(w_mat, u, v)
+    hp = torch.vdot(u, torch.mv(h_mat, v))
+    gw = (g_mat * w_mat).sum()
+    hg = (h_mat * g_mat).sum()
+    p = torch.outer(u, v)
+    d_grad = h_mat / s - (hp / (s * s)) * w_mat
+    d_weight = -(hp / (s * s)) * g_mat + (2 * gw * hp / (s * s * s) - hg / (s * s)) * p
+    from .reference import _from_matrix
+
+    return (_from_matrix(d_grad, weight.shape, dim), _from_matrix(d_weight, weight.shape, dim),
+            None, None, None, None, None)
+
+
+_normalize_backward_op.register_autograd(_backward_backward, setup_context=_backward_setup)
+
+
+# -- the calls gankern.nn.spectral_norm makes --------------------------------------------------
+def power_iteration_(weight, u, v, dim: int, n_iter: int, eps: float, backend: str):
+    """n_iter power iterations on u, v in place (no grad); returns (sigma, u copy, v copy)."""
+    with torch.no_grad():
+        return _power_iteration_op(weight.detach().contiguous(), u, v, dim, n_iter, float(eps), backend)
+
+
+def sigma(weight, u, v, dim: int, backend: str) -> torch.Tensor:
+    """u^T W v (no grad)."""
+    with torch.no_grad():
+        return _sigma_op(weight.detach().contiguous(), u, v, dim, backend)
+
+
+def normalize(weight, u, v, sigma: Optional[torch.Tensor], dim: int, backend: str) -> torch.Tensor:
+    """W / sigma with the fused backward; sigma None: u^T W v computed inside."""
+    return _normalize_op(weight.contiguous(), u, v, sigma, dim, backend)
+
+
+__all__ = ["IMPLEMENTED", "matrix_dims", "normalize", "power_iteration_", "sigma"]

@@ -1,0 +1,215 @@
+// CPU backend of gankern's spectral norm: one pass over W per power iteration, sigma for free.
+// Each row of W is read once per iteration: its dot with v gives t_i = (W v)_i, and while the
+// row is still in L1 it is added into s += t_i W_i, so s = W^T (W v) and W^T u = s / ||t||.
+// Accumulation is in double for float64 and float otherwise (vectorized by omp simd).
+#include "gankern/spectral_norm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "gankern/common.h"
+
+namespace gankern {
+namespace {
+
+// Below this many weight elements the threads cost more than they save.
+constexpr int64_t kParallelElems = 1 << 16;
+
+template <typename T, typename A>
+inline A row_dot(const T* w, const A* x, int64_t Aa, int64_t M, int64_t B, int64_t i) {
+  A acc = A(0);
+  for (int64_t a = 0; a < Aa; ++a) {
+    const T* row = w + (a * M + i) * B;
+    const A* xa = x + a * B;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t b = 0; b < B; ++b) acc += A(Convert<T>::load(row[b])) * xa[b];
+  }
+  return acc;
+}
+
+template <typename T, typename A>
+inline void row_axpy(const T* w, A t, A* s, int64_t Aa, int64_t M, int64_t B, int64_t i) {
+  for (int64_t a = 0; a < Aa; ++a) {
+    const T* row = w + (a * M + i) * B;
+    A* sa = s + a * B;
+#pragma omp simd
+    for (int64_t b = 0; b < B; ++b) sa[b] += t * A(Convert<T>::load(row[b]));
+  }
+}
+
+template <typename T>
+void power_iteration(const T* w, int64_t Aa, int64_t M, int64_t B, T* u, T* v, int64_t n_iter,
+                     double eps, T* sigma, T* u_copy, T* v_copy) {
+  using A = typename Acc<T>::type;
+  const int64_t K = Aa * B;
+  std::vector<A> vin(K), t(M), s(K);
+  double sig = 0.0;
+  const bool parallel = M * K >= kParallelElems;
+  for (int64_t it = 0; it < n_iter; ++it) {
+    for (int64_t k = 0; k < K; ++k) vin[k] = A(Convert<T>::load(v[k]));
+    std::fill(s.begin(), s.end(), A(0));
+    if (!parallel) {
+      for (int64_t i = 0; i < M; ++i) {
+        t[i] = row_dot(w, vin.data(), Aa, M, B, i);
+        row_axpy(w, t[i], s.data(), Aa, M, B, i);
+      }
+    } else {
+#pragma omp parallel
+      {
+        std::vector<A> part(K, A(0));
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < M; ++i) {
+          t[i] = row_dot(w, vin.data(), Aa, M, B, i);
+          row_axpy(w, t[i], part.data(), Aa, M, B, i);
+        }
+#pragma omp critical
+        for (int64_t k = 0; k < K; ++k) s[k] += part[k];
+      }
+    }
+    // u = t / max(||t||, eps); W^T u = s / max(||t||, eps); v = W^T u / max(||W^T u||, eps).
+    double tt = 0.0;
+    for (int64_t i = 0; i < M; ++i) tt += double(t[i]) * double(t[i]);
+    const double dt = std::max(std::sqrt(tt), eps);
+    for (int64_t i = 0; i < M; ++i) u[i] = Convert<T>::store(A(double(t[i]) / dt));
+    double ww = 0.0;
+    for (int64_t k = 0; k < K; ++k) {
+      const double wk = double(s[k]) / dt;
+      ww += wk * wk;
+    }
+    const double nw = std::sqrt(ww), dw = std::max(nw, eps);
+    for (int64_t k = 0; k < K; ++k) v[k] = Convert<T>::store(A(double(s[k]) / dt / dw));
+    // u^T W v = (W^T u) . v = ||W^T u||^2 / max(||W^T u||, eps): no third pass over W.
+    sig = nw * nw / dw;
+  }
+  *sigma = Convert<T>::store(A(sig));
+  std::copy(u, u + M, u_copy);
+  std::copy(v, v + K, v_copy);
+}
+
+template <typename T>
+void sigma_of(const T* w, int64_t Aa, int64_t M, int64_t B, const T* u, const T* v, T* sigma) {
+  using A = typename Acc<T>::type;
+  const int64_t K = Aa * B;
+  std::vector<A> vin(K);
+  for (int64_t k = 0; k < K; ++k) vin[k] = A(Convert<T>::load(v[k]));
+  double acc = 0.0;
+#pragma omp parallel for reduction(+ : acc) schedule(static) if (M * K >= kParallelElems)
+  for (int64_t i = 0; i < M; ++i)
+    acc += double(Convert<T>::load(u[i])) * double(row_dot(w, vin.data(), Aa, M, B, i));
+  *sigma = Convert<T>::store(A(acc));
+}
+
+template <typename T>
+void scale(const T* w, int64_t n, const T* sigma, T* out) {
+  using A = typename Acc<T>::type;
+  const A s = A(Convert<T>::load(*sigma));
+#pragma omp parallel for simd schedule(static) if (n >= kParallelElems)
+  for (int64_t j = 0; j < n; ++j) out[j] = Convert<T>::store(A(Convert<T>::load(w[j])) / s);
+}
+
+template <typename T>
+void normalize_backward(const T* g, const T* w, int64_t Aa, int64_t M, int64_t B, const T* u,
+                        const T* v, const T* sigma, T* out) {
+  using A = typename Acc<T>::type;
+  const int64_t n = Aa * M * B;
+  const bool parallel = n >= kParallelElems;
+  A s;
+  if (sigma) {
+    s = A(Convert<T>::load(*sigma));
+  } else {  // sigma = u^T W v when the caller has none (the gradcheck path)
+    T tmp;
+    sigma_of(w, Aa, M, B, u, v, &tmp);
+    s = A(Convert<T>::load(tmp));
+  }
+  double dot = 0.0;
+#pragma omp parallel for reduction(+ : dot) schedule(static) if (parallel)
+  for (int64_t r = 0; r < Aa * M; ++r) {
+    A acc = A(0);
+    const T* gr = g + r * B;
+    const T* wr = w + r * B;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t b = 0; b < B; ++b) acc += A(Convert<T>::load(gr[b])) * A(Convert<T>::load(wr[b]));
+    dot += double(acc);
+  }
+  const A c = A(dot / (double(s) * double(s)));
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t r = 0; r < Aa * M; ++r) {
+    const int64_t a = r / M, i = r % M;
+    const A cu = c * A(Convert<T>::load(u[i]));
+    const T* gr = g + r * B;
+    const T* va = v + a * B;
+    T* orow = out + r * B;
+#pragma omp simd
+    for (int64_t b = 0; b < B; ++b)
+      orow[b] = Convert<T>::store(A(Convert<T>::load(gr[b])) / s - cu * A(Convert<T>::load(va[b])));
+  }
+}
+
+template <template <typename> class F, typename... Args>
+int dispatch(int dtype, Args&&... args) {
+  switch (dtype) {
+    case kFloat32: F<float>::run(args...); return 0;
+    case kFloat64: F<double>::run(args...); return 0;
+    case kFloat16: F<half_bits>::run(args...); return 0;
+    case kBFloat16: F<bf16_bits>::run(args...); return 0;
+  }
+  return -1;
+}
+
+template <typename T> struct PowerIteration {
+  static void run(const void* w, int64_t Aa, int64_t M, int64_t B, void* u, void* v, int64_t n,
+                  double eps, void* sigma, void* uc, void* vc) {
+    power_iteration(static_cast<const T*>(w), Aa, M, B, static_cast<T*>(u), static_cast<T*>(v), n,
+                    eps, static_cast<T*>(sigma), static_cast<T*>(uc), static_cast<T*>(vc));
+  }
+};
+template <typename T> struct Sigma {
+  static void run(const void* w, int64_t Aa, int64_t M, int64_t B, const void* u, const void* v,
+                  void* sigma) {
+    sigma_of(static_cast<const T*>(w), Aa, M, B, static_cast<const T*>(u),
+             static_cast<const T*>(v), static_cast<T*>(sigma));
+  }
+};
+template <typename T> struct Scale {
+  static void run(const void* w, int64_t n, const void* sigma, void* out) {
+    scale(static_cast<const T*>(w), n, static_cast<const T*>(sigma), static_cast<T*>(out));
+  }
+};
+template <typename T> struct Backward {
+  static void run(const void* g, const void* w, int64_t Aa, int64_t M, int64_t B, const void* u,
+                  const void* v, const void* sigma, void* out) {
+    normalize_backward(static_cast<const T*>(g), static_cast<const T*>(w), Aa, M, B,
+                       static_cast<const T*>(u), static_cast<const T*>(v),
+                       static_cast<const T*>(sigma), static_cast<T*>(out));
+  }
+};
+
+}  // namespace
+
+int sn_power_iteration_cpu(int dtype, const void* w, int64_t Aa, int64_t M, int64_t B, void* u,
+                           void* v, int64_t n_iter, double eps, void* sigma, void* u_copy,
+                           void* v_copy) {
+  return dispatch<PowerIteration>(dtype, w, Aa, M, B, u, v, n_iter, eps, sigma, u_copy, v_copy);
+}
+
+int sn_sigma_cpu(int dtype, const void* w, int64_t Aa, int64_t M, int64_t B, const void* u,
+                 const void* v, void* sigma) {
+  return dispatch<Sigma>(dtype, w, Aa, M, B, u, v, sigma);
+}
+
+int sn_scale_cpu(int dtype, const void* w, int64_t numel, const void* sigma, void* out) {
+  return dispatch<Scale>(dtype, w, numel, sigma, out);
+}
+
+int sn_normalize_backward_cpu(int dtype, const void* grad, const void* w, int64_t Aa, int64_t M,
+                              int64_t B, const void* u, const void* v, const void* sigma,
+                              void* out) {
+  return dispatch<Backward>(dtype, grad, w, Aa, M, B, u, v, sigma, out);
+}
+
+}  // namespace gankern
