@@ -21,6 +21,8 @@ class Impl:
     run: Callable[[], Any]          # one iteration; returns what `error` checks
     is_baseline: bool = False       # the implementation ratios are taken against
     setup: Optional[Callable[[], None]] = None  # once before timing (warm-up, compile)
+    skip: Optional[str] = None      # why it cannot run here (e.g. "ema_pytorch not installed"):
+                                    # listed in the table with the reason, never run or timed
 
 
 @dataclass

@@ -1,0 +1,176 @@
+"""EMA benchmark: one weight-average step over a real generator's parameter list.
+
+An EMA step is pure memory traffic (read shadow, read params, write shadow), spread over
+many tensors of very different sizes, so the per-tensor launch and loop overhead of the usual
+formulations is what a fused multi-tensor kernel removes. The parameter lists are shaped like
+the generators people train: StyleGAN2 at 256x256 (~150 tensors, ~30M parameters) and the
+SNGAN 32x32 generator (quick mode). Each case runs in fp32 and with bf16 parameters and an
+fp32 shadow (mixed-precision training).
+
+Compared, on identical inputs: every gankern backend usable on the device; torch._foreach_lerp_
+(AveragedModel's multi-tensor path, timm ModelEmaV3; the baseline); the StyleGAN2-ADA loop
+`p_ema.copy_(p.lerp(p_ema, beta))`; ema-pytorch when installed; torch.compile of the baseline.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ... import _backend
+from ...ops.ema import IMPLEMENTED, ema_update_
+from ...ops.ema.reference import ema_update_float64
+from ...testing import rel_error
+from ..case import Case, Impl
+
+DECAY = 0.999
+# The Triton interpreter runs kernels in Python: fine for a test-sized list, hopeless beyond.
+INTERPRETED_TRITON_MAX_NUMEL = 1 << 16
+
+
+def stylegan2_g_shapes(resolution: int = 256, w_dim: int = 512, channel_base: int = 16384,
+                       channel_max: int = 512, mapping_layers: int = 8) -> list[tuple]:
+    """Parameter shapes of a StyleGAN2 (config F style) generator: mapping MLP, then per
+    resolution two modulated 3x3 convs (weight, bias, style affine, noise strength) and toRGB."""
+    shapes = []
+    for _ in range(mapping_layers):
+        shapes += [(w_dim, w_dim), (w_dim,)]
+    ch = {r: min(channel_base // r, channel_max) for r in (2 ** k for k in range(2, resolution.bit_length()))}
+    prev = None
+    for res, c in ch.items():
+        convs = [(c, c)] if res == 4 else [(prev, c), (c, c)]
+        if res == 4:
+            shapes.append((c, 4, 4))  # learned constant input
+        for cin, cout in convs:
+            shapes += [(cin, w_dim), (cin,), (cout, cin, 3, 3), (cout,), ()]  # affine, conv, noise
+        shapes += [(c, w_dim), (c,), (3, c, 1, 1), (3,)]  # toRGB: affine + 1x1 conv
+        prev = c
+    return shapes
+
+
+def sngan_g_shapes(z_dim: int = 128, ch: int = 512) -> list[tuple]:
+    """Parameter shapes of the SNGAN 'standard CNN' generator for 32x32 (Miyato et al. 2018)."""
+    shapes = [(z_dim, 4 * 4 * ch), (4 * 4 * ch,), (ch,), (ch,)]
+    c = ch
+    for _ in range(3):  # 4 -> 8 -> 16 -> 32
+        shapes += [(c, c // 2, 4, 4), (c // 2,), (c // 2,), (c // 2,)]  # deconv + BN affine
+        c //= 2
+    shapes += [(3, c, 3, 3), (3,)]
+    return shapes
+
+
+def tiny_shapes() -> list[tuple]:
+    """A test-sized list with the awkward sizes (scalar, 1, 7, 127)."""
+    return [(), (1,), (7,), (127,), (16, 9), (3, 5, 3, 3)]
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def make_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.device, model: str,
+              with_compile: bool = True, seed: int = 0) -> Case:
+    g = torch.Generator().manual_seed(seed)
+    params = [(torch.randn(s, generator=g, dtype=torch.float64) * 0.05).to(device, param_dtype)
+              for s in shapes]
+    # A shadow near its model, as after a few thousand steps: differences are small but nonzero.
+    shadow0 = [(p.double().cpu() + torch.randn(p.shape, generator=g, dtype=torch.float64) * 1e-3)
+               .to(device, torch.float32) for p in params]
+    weight = 1.0 - DECAY
+    ref64 = {}
+
+    def error(shadow):
+        if "v" not in ref64:
+            ref64["v"] = ema_update_float64([s.cpu() for s in shadow0], [p.cpu() for p in params], weight)
+        return rel_error(shadow, ref64["v"])
+
+    def fresh():
+        return [s.clone() for s in shadow0]
+
+    mixed = param_dtype != torch.float32
+    impls = []
+    total = sum(_numel(s) for s in shapes)
+    for backend in _backend.available(IMPLEMENTED, device):
+        if backend == "reference":
+            continue  # it is torch._foreach_lerp_, the baseline row below
+        label = f"gankern[{backend}]"
+        if backend == "triton" and device.type == "cpu" and total > INTERPRETED_TRITON_MAX_NUMEL:
+            impls.append(Impl(label, run=lambda: None,
+                              skip="Triton on CPU is the interpreter (a test vehicle), not timed"))
+            continue
+        shadow = fresh()
+        impls.append(Impl(label, run=lambda s=shadow, b=backend: (ema_update_(s, params, weight, impl=b), s)[1]))
+
+    def foreach(s, p):
+        torch._foreach_lerp_(s, [x.float() for x in p] if mixed else p, weight)
+
+    s_foreach = fresh()
+    impls.append(Impl("torch._foreach_lerp_" + (" (params upcast)" if mixed else ""),
+                      run=lambda: (foreach(s_foreach, params), s_foreach)[1], is_baseline=True))
+
+    beta = DECAY
+
+    def stylegan2_loop(s_list):
+        for p_ema, p in zip(s_list, params):
+            p_ema.copy_((p.float() if mixed else p).lerp(p_ema, beta))
+        return s_list
+
+    s_loop = fresh()
+    impls.append(Impl("StyleGAN2-ADA loop", run=lambda: stylegan2_loop(s_loop)))
+    impls.append(_ema_pytorch_impl(fresh(), params, mixed))
+
+    if with_compile:
+        compiled = torch.compile(foreach, dynamic=False)
+        s_comp = fresh()
+        impls.append(Impl("torch.compile(_foreach_lerp_)", run=lambda: (compiled(s_comp, params), s_comp)[1],
+                          setup=lambda: compiled(fresh(), params)))  # compile on scratch copies
+    else:
+        impls.append(Impl("torch.compile(_foreach_lerp_)", run=lambda: None,
+                          skip="--quick on CPU: compiling takes 15-60 s here; run the full bench"))
+
+    itemsize = torch.empty((), dtype=param_dtype).element_size()
+    bytes_moved = total * (4 + 4 + itemsize)  # read shadow, write shadow, read params
+    label = "fp32" if not mixed else f"{str(param_dtype).replace('torch.', '')} params, fp32 shadow"
+    return Case(op="ema", name=f"{model} G, {label}", impls=impls, error=error, tolerance=1e-5,
+                bytes_moved=bytes_moved, flops=3 * total,
+                params={"model": model, "tensors": len(shapes), "numel": total,
+                        "param_dtype": str(param_dtype), "shadow_dtype": "torch.float32", "decay": DECAY})
+
+
+def _ema_pytorch_impl(shadow: list[torch.Tensor], params: list[torch.Tensor], mixed: bool) -> Impl:
+    """ema-pytorch (lucidrains) when installed: its EMA.update() over the same tensors, with
+    its warm-up schedule pinned to the fixed decay so the result is comparable."""
+    label = "ema-pytorch"
+    try:
+        from ema_pytorch import EMA as EmaPytorch
+    except ImportError:
+        return Impl(label, run=lambda: None, skip="ema_pytorch not installed")
+    if mixed:
+        return Impl(label, run=lambda: None, skip="ema-pytorch keeps the shadow in the param dtype")
+    online = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in params])
+    ema = EmaPytorch(online, beta=DECAY, update_after_step=0, update_every=1)
+    ema.get_current_decay = lambda: DECAY  # the library's warm-up would change the decay per step
+    with torch.no_grad():
+        for dst, src in zip(ema.ema_model.parameters(), shadow):
+            dst.copy_(src)
+    ema.step.fill_(1)  # past its first call, which copies instead of averaging
+    if hasattr(ema, "initted"):
+        ema.initted.fill_(True)
+
+    def run():
+        ema.update()
+        return list(ema.ema_model.parameters())
+
+    return Impl(label, run=run)
+
+
+def cases(device: torch.device, quick: bool) -> list[Case]:
+    compile_ok = not (quick and device.type == "cpu")
+    if quick:
+        shapes, model = sngan_g_shapes(), "SNGAN-32"
+    else:
+        shapes, model = stylegan2_g_shapes(256), "StyleGAN2-256"
+    return [make_case(shapes, dtype, device, model, with_compile=compile_ok, seed=i)
+            for i, dtype in enumerate((torch.float32, torch.bfloat16))]

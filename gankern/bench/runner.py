@@ -1,0 +1,318 @@
+"""Run benchmark cases: check every implementation's result first, then time them side by side.
+
+Order matters. Each Impl runs once and its result goes through the case's error function
+before anything is timed: a fast wrong answer is worth nothing, so it is reported WRONG and
+gets no time. The survivors are timed in the same process, interleaved round by round (CPU)
+or in alternating rounds of event-timed medians (GPU), so machine noise hits every
+implementation alike and the ratios, not the absolute times, are what to trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import os
+import pkgutil
+import statistics
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from .case import Case, Impl
+
+# Cases show in this order; case modules not listed (new ops) follow alphabetically.
+OP_ORDER = ("ema", "spectral_norm", "gradient_penalty", "bias_act", "e2e")
+
+STATUS_OK, STATUS_WRONG, STATUS_FAILED, STATUS_SKIPPED = "ok", "WRONG", "failed", "skipped"
+
+
+@dataclass
+class TimingConfig:
+    """How long to measure. repeats: interleaved rounds (CPU) / do_bench rounds (GPU);
+    min_sample_s: each CPU sample loops a call until it lasts this long (timer resolution);
+    budget_s: the rounds of one case are cut to fit (never below min_rounds)."""
+
+    repeats: int = 15
+    min_sample_s: float = 0.02
+    budget_s: float = 20.0
+    min_rounds: int = 3
+    gpu_rep_ms: float = 100.0
+    measure_memory: bool = True
+
+    @classmethod
+    def quick(cls) -> "TimingConfig":
+        return cls(repeats=7, min_sample_s=0.01, budget_s=4.0, min_rounds=3, gpu_rep_ms=40.0)
+
+
+@dataclass
+class ImplResult:
+    label: str
+    baseline: bool
+    status: str                          # ok | WRONG | failed | skipped
+    time_s: Optional[float] = None       # median seconds per call; None unless status == ok
+    samples_s: list = field(default_factory=list)
+    ratio: Optional[float] = None        # baseline time / this time: > 1 is faster than baseline
+    error: Optional[float] = None        # relative error against the float64 reference
+    gbps: Optional[float] = None         # bytes_moved / time
+    pct_floor: Optional[float] = None    # bandwidth floor time / this time, in %
+    peak_mem_bytes: Optional[int] = None  # memory allocated during one call above what was live
+    note: str = ""
+
+
+@dataclass
+class CaseResult:
+    op: str
+    name: str
+    params: dict
+    tolerance: float
+    bytes_moved: Optional[int]
+    flops: Optional[int]
+    floor_s: Optional[float]
+    impls: list
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["impls"] = [asdict(r) if isinstance(r, ImplResult) else r for r in self.impls]
+        return d
+
+
+# -- case discovery ------------------------------------------------------------------------------
+def case_modules() -> list[str]:
+    """Names of the modules under gankern/bench/cases/, in display order."""
+    from . import cases
+
+    names = [m.name for m in pkgutil.iter_modules(cases.__path__) if not m.name.startswith("_")]
+    known = [n for n in OP_ORDER if n in names]
+    return known + sorted(n for n in names if n not in OP_ORDER)
+
+
+def load_cases(op: str, device: torch.device, quick: bool) -> list[Case]:
+    module = importlib.import_module(f"{__package__}.cases.{op}")
+    return list(module.cases(device, quick))
+
+
+# -- measuring -----------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The profiler prints start/stop banners straight to fd 2; keep them out of the table."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def peak_memory(run: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Bytes allocated during one call above what was live before it (its workspace and
+    outputs). GPU: the caching allocator's peak. CPU: the allocation events the profiler sees
+    from torch's CPU allocator, summed in time order; None where neither is available."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        out = run()
+        _sync(device)
+        del out
+        return max(0, torch.cuda.max_memory_allocated(device) - before)
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with _quiet_stderr():
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                out = run()
+                del out
+            events = prof.profiler.kineto_results.events()
+        allocs = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    except Exception:  # noqa: BLE001 - profiler internals vary across torch versions
+        return None
+    live = peak = 0
+    for _, nbytes in allocs:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def _time_cpu(runs: dict[str, Callable], cfg: TimingConfig) -> dict[str, list[float]]:
+    """Seconds per call: each round times every implementation once, in a rotating order."""
+    inner, single = {}, {}
+    for label, run in runs.items():  # warm (caches, lazy init) and size the inner loop
+        run()
+        t0 = time.perf_counter()
+        run()
+        single[label] = max(time.perf_counter() - t0, 1e-9)
+        inner[label] = max(1, math.ceil(cfg.min_sample_s / single[label]))
+    per_round = sum(single[k] * inner[k] for k in runs)
+    rounds = max(cfg.min_rounds, min(cfg.repeats, int(cfg.budget_s / max(per_round, 1e-9))))
+    labels = list(runs)
+    samples: dict[str, list[float]] = {k: [] for k in labels}
+    for r in range(rounds):
+        shift = r % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            run, n = runs[label], inner[label]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                run()
+            samples[label].append((time.perf_counter() - t0) / n)
+    return samples
+
+
+def _time_cuda(runs: dict[str, Callable], cfg: TimingConfig, device: torch.device) -> dict[str, list[float]]:
+    """Seconds per call: triton.testing.do_bench medians (CUDA events, L2 flushed between calls),
+    in alternating rounds; CUDA events by hand when Triton is missing."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    rounds = max(cfg.min_rounds, min(cfg.repeats, 5))
+    labels = list(runs)
+    samples: dict[str, list[float]] = {k: [] for k in labels}
+    for r in range(rounds):
+        shift = r % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            run = runs[label]
+            if do_bench is not None:
+                ms = do_bench(run, warmup=max(1.0, cfg.gpu_rep_ms / 4), rep=cfg.gpu_rep_ms,
+                              return_mode="median")
+                samples[label].append(ms * 1e-3)
+                continue
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            run()
+            inner = []
+            for _ in range(10):
+                start.record()
+                run()
+                end.record()
+                torch.cuda.synchronize(device)
+                inner.append(start.elapsed_time(end) * 1e-3)
+            samples[label].append(statistics.median(inner))
+    return samples
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:200]
+
+
+def check_impl(case: Case, impl: Impl, device: torch.device) -> ImplResult:
+    """Run impl once (after its setup) and judge the result; no timing."""
+    res = ImplResult(label=impl.label, baseline=impl.is_baseline, status=STATUS_OK)
+    if impl.skip:
+        res.status, res.note = STATUS_SKIPPED, impl.skip
+        return res
+    try:
+        if impl.setup is not None:
+            impl.setup()
+        out = impl.run()
+        _sync(device)
+    except Exception as e:  # noqa: BLE001 - one broken implementation must not end the run
+        res.status, res.note = STATUS_FAILED, _short(e)
+        if os.environ.get("GANKERN_BENCH_DEBUG"):
+            traceback.print_exc()
+        return res
+    if case.error is not None:
+        try:
+            err = float(case.error(out))
+        except Exception as e:  # noqa: BLE001
+            res.status, res.note = STATUS_FAILED, "error check raised " + _short(e)
+            return res
+        res.error = err
+        if not math.isfinite(err) or err > case.tolerance:
+            res.status = STATUS_WRONG
+            res.note = f"error {err:.2e} > tolerance {case.tolerance:.0e}"
+    return res
+
+
+def run_case(case: Case, device: torch.device, cfg: TimingConfig, bandwidth: Optional[float] = None,
+             progress: Optional[Callable[[str], None]] = None) -> CaseResult:
+    """Check, then time, every Impl of case; ratios against the case's baseline."""
+    floor = case.bytes_moved / bandwidth if case.bytes_moved and bandwidth else None
+    result = CaseResult(op=case.op, name=case.name, params=dict(case.params), tolerance=case.tolerance,
+                        bytes_moved=case.bytes_moved, flops=case.flops, floor_s=floor, impls=[])
+    runs = {}
+    for impl in case.impls:
+        if progress:
+            progress(f"{case.op}: check {impl.label}")
+        r = check_impl(case, impl, device)
+        result.impls.append(r)
+        if r.status == STATUS_OK:
+            runs[impl.label] = impl.run
+    if cfg.measure_memory:
+        for r in result.impls:
+            if r.label in runs:
+                if progress:
+                    progress(f"{case.op}: memory {r.label}")
+                try:
+                    r.peak_mem_bytes = peak_memory(runs[r.label], device)
+                except Exception as e:  # noqa: BLE001
+                    r.note = (r.note + "; " if r.note else "") + "memory: " + _short(e)
+    if runs:
+        if progress:
+            progress(f"{case.op}: timing {len(runs)} impls")
+        try:
+            samples = _time_cuda(runs, cfg, device) if device.type == "cuda" else _time_cpu(runs, cfg)
+        except Exception as e:  # noqa: BLE001 - e.g. an impl that fails only on a later call
+            samples = {}
+            for r in result.impls:
+                if r.label in runs:
+                    r.status, r.note = STATUS_FAILED, "while timing: " + _short(e)
+        for r in result.impls:
+            if r.label in samples and samples[r.label]:
+                r.samples_s = samples[r.label]
+                r.time_s = statistics.median(r.samples_s)
+                if case.bytes_moved:
+                    r.gbps = case.bytes_moved / r.time_s / 1e9
+                if floor:
+                    r.pct_floor = 100.0 * floor / r.time_s
+    base = next((r for r in result.impls if r.baseline), None)
+    if base is not None and base.time_s:
+        for r in result.impls:
+            if r.time_s:
+                r.ratio = base.time_s / r.time_s
+    return result
+
+
+def failed_op(op: str, exc: BaseException) -> CaseResult:
+    """The row an op gets when its cases cannot even be built (e.g. a module mid-edit)."""
+    return CaseResult(op=op, name="(cases could not be built)", params={}, tolerance=0.0,
+                      bytes_moved=None, flops=None, floor_s=None,
+                      impls=[ImplResult(label="-", baseline=False, status=STATUS_FAILED, note=_short(exc))])
+
+
+def run_ops(ops: Iterable[str], device: torch.device, quick: bool, cfg: TimingConfig,
+            bandwidth: Optional[float] = None, progress: Optional[Callable[[str], None]] = None,
+            on_op_done: Optional[Callable[[str], None]] = None) -> list[CaseResult]:
+    """Build each op's cases in turn (only one op's tensors alive at a time) and run them."""
+    results = []
+    for op in ops:
+        if progress:
+            progress(f"{op}: building cases")
+        try:
+            cases = load_cases(op, device, quick)
+        except Exception as e:  # noqa: BLE001
+            if os.environ.get("GANKERN_BENCH_DEBUG"):
+                traceback.print_exc()
+            results.append(failed_op(op, e))
+        else:
+            while cases:
+                case = cases.pop(0)  # drop each case's tensors once measured
+                results.append(run_case(case, device, cfg, bandwidth, progress))
+                del case
+        if on_op_done:
+            on_op_done(op)
+    return results

@@ -1,0 +1,144 @@
+"""The benchmark runner: a wrong result gets WRONG and no time, failures are contained, the JSON
+record has everything the README table needs, and the EMA case's check can actually fail."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import DEVICE, backends_for
+
+from gankern.bench import machine, report, runner
+from gankern.bench.case import Case, Impl
+from gankern.bench.cases import ema as ema_cases
+from gankern.ops.ema import IMPLEMENTED as EMA_IMPLEMENTED
+from gankern.testing import rel_error
+
+FAST = runner.TimingConfig(repeats=2, min_sample_s=0.0, budget_s=0.05, min_rounds=1)
+
+
+def _counting(fn):
+    calls = {"n": 0}
+
+    def run():
+        calls["n"] += 1
+        return fn()
+
+    return run, calls
+
+
+def _toy_case():
+    x = torch.randn(257, dtype=torch.float64)
+    ref = torch.sin(x)
+    good, good_calls = _counting(lambda: torch.sin(x.float()))
+    base, _ = _counting(lambda: torch.sin(x))
+    wrong, wrong_calls = _counting(lambda: torch.sin(x.float()) + 1e-3)
+    nan, nan_calls = _counting(lambda: torch.full_like(x, float("nan")))
+
+    def broken():
+        raise RuntimeError("kernel exploded")
+
+    impls = [Impl("fast-wrong", run=wrong), Impl("nan", run=nan), Impl("good", run=good),
+             Impl("base", run=base, is_baseline=True), Impl("broken", run=broken),
+             Impl("absent", run=lambda: None, skip="not installed")]
+    case = Case(op="toy", name="sin, 257", impls=impls, error=lambda out: rel_error(out, ref),
+                tolerance=1e-5, bytes_moved=257 * 16)
+    return case, {"good": good_calls, "fast-wrong": wrong_calls, "nan": nan_calls}
+
+
+def test_wrong_result_reports_wrong_and_no_time():
+    case, calls = _toy_case()
+    res = runner.run_case(case, torch.device("cpu"), FAST, bandwidth=1e9)
+    by = {r.label: r for r in res.impls}
+    for label in ("fast-wrong", "nan"):
+        r = by[label]
+        assert r.status == runner.STATUS_WRONG
+        assert r.time_s is None and r.samples_s == [] and r.ratio is None and r.gbps is None
+        # checked once, then never run again: no memory run, no timing
+        assert calls[label]["n"] == 1
+    assert by["fast-wrong"].error > case.tolerance
+    assert math.isinf(by["nan"].error)
+    assert by["good"].status == runner.STATUS_OK and by["good"].time_s is not None
+    assert calls["good"]["n"] > 1  # it was timed
+    assert by["good"].error <= case.tolerance
+    assert by["base"].ratio == pytest.approx(1.0)
+    assert by["good"].ratio == pytest.approx(by["base"].time_s / by["good"].time_s)
+    assert by["good"].gbps == pytest.approx(case.bytes_moved / by["good"].time_s / 1e9)
+    assert by["broken"].status == runner.STATUS_FAILED and "kernel exploded" in by["broken"].note
+    assert by["absent"].status == runner.STATUS_SKIPPED and by["absent"].note == "not installed"
+
+
+def test_table_never_shows_a_time_for_wrong():
+    case, _ = _toy_case()
+    res = runner.run_case(case, torch.device("cpu"), FAST, bandwidth=1e9)
+    rows = {row[2].rstrip(" *"): row for row in report.table_rows([res])}
+    assert rows["fast-wrong"][3] == "WRONG" and rows["fast-wrong"][4] == "-"
+    assert rows["nan"][3] == "WRONG" and rows["nan"][5] == "inf"
+    assert rows["broken"][3] == "failed"
+    assert rows["good"][3].endswith("s")
+    text = report.format_table([res])
+    assert "WRONG" in text and "base *" in text
+
+
+def test_json_schema(tmp_path):
+    case, _ = _toy_case()
+    res = runner.run_case(case, torch.device("cpu"), FAST, bandwidth=2e9)
+    env = machine.environment(torch.device("cpu"))
+    path = tmp_path / "r.json"
+    report.write_json(str(path), report.to_json([res], env, bandwidth=2e9, quick=True, timing=vars(FAST)))
+    data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    assert data["schema"] == report.SCHEMA
+    e = data["environment"]
+    for key in ("date", "git", "device", "driver", "torch", "triton", "cpu", "python", "gankern"):
+        assert key in e, key
+    assert e["torch"] == torch.__version__ and e["device"]["type"] == "cpu"
+    assert set(e["git"]) == {"commit", "dirty"} and set(e["cpu"]) >= {"model", "logical_cores"}
+    assert data["bandwidth_gbps"] == pytest.approx(2.0) and data["quick"] is True
+    (c,) = data["results"]
+    assert c["op"] == "toy" and c["bytes_moved"] == 257 * 16 and c["floor_s"] == pytest.approx(257 * 16 / 2e9)
+    impls = {r["label"]: r for r in c["impls"]}
+    for r in impls.values():
+        assert set(r) >= {"label", "baseline", "status", "time_s", "samples_s", "ratio", "error", "gbps",
+                          "pct_floor", "peak_mem_bytes", "note"}
+    assert impls["nan"]["error"] == "inf" and impls["nan"]["time_s"] is None
+    assert isinstance(impls["good"]["time_s"], float) and len(impls["good"]["samples_s"]) >= 1
+    assert report.result_filename(data["environment"]).endswith("-cpu.json")
+
+
+def test_cpu_peak_memory_sees_allocations():
+    n = 1 << 20
+    peak = runner.peak_memory(lambda: torch.empty(n, dtype=torch.float32).fill_(1.0), torch.device("cpu"))
+    if peak is None:
+        pytest.skip("this torch build's profiler reports no CPU memory events")
+    assert peak >= 4 * n
+    assert runner.peak_memory(lambda: None, torch.device("cpu")) == 0
+
+
+def test_ema_case_checks_and_flags(monkeypatch):
+    case = ema_cases.make_case(ema_cases.tiny_shapes(), torch.bfloat16, DEVICE, "tiny", with_compile=False)
+    labels = [i.label for i in case.impls]
+    for b in backends_for(EMA_IMPLEMENTED):
+        if b != "reference":
+            assert f"gankern[{b}]" in labels
+    res = runner.run_case(case, DEVICE, FAST)
+    for r in res.impls:
+        assert r.status in (runner.STATUS_OK, runner.STATUS_SKIPPED), (r.label, r.status, r.note)
+        if r.status == runner.STATUS_OK:
+            assert r.error < 1e-6
+    # The check fails an implementation that skips the update (its shadow is the initial one).
+    stale = [s.clone() for s in case.impls[0].run()]
+    with torch.no_grad():
+        for s in stale:
+            s.mul_(0.99)
+    assert case.error(stale) > case.tolerance
+
+
+def test_ema_case_bytes_and_shapes():
+    shapes = ema_cases.stylegan2_g_shapes(256)
+    numel = sum(math.prod(s) for s in shapes)
+    assert 20e6 < numel < 40e6 and len(shapes) > 100
+    assert min(math.prod(s) for s in shapes) == 1  # noise strengths: scalars among megabyte convs
+    case = ema_cases.make_case(ema_cases.tiny_shapes(), torch.float32, torch.device("cpu"), "tiny",
+                               with_compile=False)
+    n = sum(math.prod(s) for s in ema_cases.tiny_shapes())
+    assert case.bytes_moved == 12 * n
