@@ -1,0 +1,140 @@
+"""gk.ops.norm_penalty: per-sample gradient norms and the gradient penalty, fused, with an
+analytic backward that is itself a custom op.
+
+Why a custom op with a hand-written backward: the penalty's .backward() is the hot second
+pass of every GP step. Autograd of norm/pow/mean would launch several kernels and save every
+intermediate; here the forward saves only the norms (B numbers) next to the grads it already
+holds, and the backward is one elementwise pass. The backward op has its own autograd formula,
+so the op is differentiable to any order (gradgradcheck).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ... import _backend, _native
+from ..._checks import FLOAT_DTYPES, check_tensor, is_dense
+from .reference import (acc_dtype, norm_penalty_backward_reference, norm_penalty_reference,
+                        safe_inverse)
+
+IMPLEMENTED = ("reference", "triton", "cuda", "cpu")
+
+
+def resolve_backend(impl, device: torch.device) -> str:
+    return _backend.resolve(impl, device, IMPLEMENTED, op="norm_penalty")
+
+
+@torch.library.custom_op("gankern::norm_penalty", mutates_args=())
+def _norm_penalty_op(grads: torch.Tensor, center: float, weight: float,
+                     backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "reference":
+        p, n = norm_penalty_reference(grads, center, weight)
+        return p.clone(), n.clone()
+    if backend == "triton":
+        from .triton import norm_penalty_triton
+
+        return norm_penalty_triton(grads, center, weight)
+    return _native.norm_penalty(grads, center, weight)
+
+
+@_norm_penalty_op.register_fake
+def _(grads, center, weight, backend):
+    acc = acc_dtype(grads.dtype)
+    return grads.new_empty((), dtype=acc), grads.new_empty((grads.shape[0],), dtype=acc)
+
+
+@torch.library.custom_op("gankern::norm_penalty_backward", mutates_args=())
+def _norm_penalty_backward_op(grad_penalty: torch.Tensor, grad_norms: torch.Tensor,
+                              grads: torch.Tensor, norms: torch.Tensor, center: float,
+                              weight: float, backend: str) -> torch.Tensor:
+    if backend == "reference":
+        return norm_penalty_backward_reference(grad_penalty, grad_norms, grads, norms, center, weight)
+    if backend == "triton":
+        from .triton import norm_penalty_backward_triton
+
+        return norm_penalty_backward_triton(grad_penalty, grad_norms, grads, norms, center, weight)
+    return _native.norm_penalty_backward(grad_penalty, grad_norms, grads, norms, center, weight)
+
+
+@_norm_penalty_backward_op.register_fake
+def _(grad_penalty, grad_norms, grads, norms, center, weight, backend):
+    return torch.empty_like(grads)
+
+
+def _setup(ctx, inputs, output):
+    grads, center, weight, backend = inputs
+    ctx.save_for_backward(grads, output[1])
+    ctx.center, ctx.weight, ctx.backend = center, weight, backend
+
+
+def _backward(ctx, grad_penalty, grad_norms):
+    grads, norms = ctx.saved_tensors
+    grad_penalty, grad_norms = _materialize(grad_penalty, grad_norms, norms)
+    return _norm_penalty_backward_op(grad_penalty, grad_norms, grads, norms, ctx.center,
+                                     ctx.weight, ctx.backend), None, None, None
+
+
+def _materialize(grad_penalty, grad_norms, norms):
+    if grad_penalty is None:
+        grad_penalty = norms.new_zeros(())
+    if grad_norms is None:
+        grad_norms = torch.zeros_like(norms)
+    return grad_penalty.to(norms.dtype), grad_norms.to(norms.dtype).contiguous()
+
+
+_norm_penalty_op.register_autograd(_backward, setup_context=_setup)
+
+
+def _setup_bw(ctx, inputs, output):
+    grad_penalty, grad_norms, grads, norms, center, weight, backend = inputs
+    ctx.save_for_backward(grad_penalty, grad_norms, grads, norms)
+    ctx.center, ctx.weight, ctx.backend = center, weight, backend
+
+
+def _backward_bw(ctx, v):
+    """Third-order path (only for differentiating the penalty's gradient): plain torch is fine.
+
+    out = grads * coef[row], coef = s + inv*(gn - s*c), s = gp*2w/B, inv = 1/n (0 at n = 0).
+    """
+    gp, gn, grads, norms = ctx.saved_tensors
+    b = grads.shape[0]
+    inv = safe_inverse(norms)
+    k = 2.0 * ctx.weight / b
+    s = gp * k
+    coef = s + inv * (gn - s * ctx.center)
+    shape = (b,) + (1,) * (grads.dim() - 1)
+    v_acc = v.to(norms.dtype)
+    d_grads = (v_acc * coef.reshape(shape)).to(grads.dtype)
+    per_row = (v_acc * grads.to(norms.dtype)).reshape(b, -1).sum(1)  # d out / d coef[row]
+    d_gp = (per_row * (1.0 - ctx.center * inv)).sum() * k
+    d_gn = per_row * inv
+    d_norms = -per_row * inv * inv * (gn - s * ctx.center)
+    return d_gp, d_gn, d_grads, d_norms, None, None, None
+
+
+_norm_penalty_backward_op.register_autograd(_backward_bw, setup_context=_setup_bw)
+
+
+def _check_scalar(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return float(v)
+
+
+def norm_penalty(grads: torch.Tensor, center: float = 0.0, weight: float = 1.0, impl: str = "auto"):
+    """(penalty, norms): norms[i] = ||grads[i]||_2 over all non-batch dims and
+    penalty = weight * mean((norms - center)^2), both float32 for 16-bit grads.
+
+    Differentiable (any order); the gradient is well defined (0, never NaN) where a norm is 0.
+    """
+    check_tensor(grads, "grads", dtypes=FLOAT_DTYPES, allow_empty=False, min_ndim=1)
+    if grads.numel() == 0 or grads.shape[0] == 0:
+        raise ValueError(f"grads is empty (shape {tuple(grads.shape)})")
+    center = _check_scalar(center, "center")
+    weight = _check_scalar(weight, "weight")
+    backend = resolve_backend(impl, grads.device)
+    if not is_dense(grads):
+        grads = grads.contiguous()
+    return _norm_penalty_op(grads, center, weight, backend)

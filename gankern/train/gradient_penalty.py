@@ -1,0 +1,139 @@
+"""gk.gradient_penalty: WGAN-GP, R1, R2 and DRAGAN in one call, double backward included.
+
+The penalty needs the input gradient of D with create_graph=True and a second backward through
+that graph. This file owns the parts every trainer gets subtly wrong: the exact point x_hat of
+each kind (DESIGN.md §2), the AMP recipe of PyTorch's AMP notes (scale D's output before
+autograd.grad, unscale the gradient before the norm), and validation of D's output shape.
+The norm and the penalty itself run in gk.ops.norm_penalty (fused kernels with an analytic
+backward) unless impl="reference", which is the plain-PyTorch definition.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .._checks import FLOAT_DTYPES, check_tensor
+
+KINDS = ("wgan-gp", "r1", "r2", "dragan")
+# (center, weight) defaults per kind; r1/r2 use weight/2 as the factor of mean(n^2) (gamma/2).
+_DEFAULTS = {"wgan-gp": (1.0, 10.0), "dragan": (1.0, 10.0), "r1": (0.0, 10.0), "r2": (0.0, 10.0)}
+
+
+def _check_inputs(real, fake, kind, alpha, generator, scaler):
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_tensor(real, "real", dtypes=FLOAT_DTYPES, allow_empty=False, min_ndim=2)
+    if kind in ("wgan-gp", "r2"):
+        if fake is None:
+            raise ValueError(f"kind={kind!r} needs fake, got None")
+        check_tensor(fake, "fake", dtypes=FLOAT_DTYPES, device=real.device)
+        if fake.shape != real.shape:
+            raise ValueError(f"fake must have the shape of real {tuple(real.shape)}, got {tuple(fake.shape)}")
+        if fake.dtype != real.dtype:
+            raise TypeError(f"fake must have the dtype of real ({real.dtype}), got {fake.dtype}")
+    if alpha is not None:
+        if kind not in ("wgan-gp", "dragan"):
+            raise ValueError(f"alpha is only used by 'wgan-gp' and 'dragan', not {kind!r}")
+        check_tensor(alpha, "alpha", dtypes=FLOAT_DTYPES, device=real.device)
+        ok = (real.shape[0],) + (1,) * (real.dim() - 1)
+        if tuple(alpha.shape) not in (ok, (real.shape[0],)):
+            raise ValueError(f"alpha must have shape {ok} or {(real.shape[0],)} (one value per sample), "
+                             f"got {tuple(alpha.shape)}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if scaler is not None and not (hasattr(scaler, "scale") and hasattr(scaler, "get_scale")):
+        raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+
+
+def _rand(shape, like: torch.Tensor, generator):
+    # Drawn on the generator's device, then moved: a CPU generator stays usable for CUDA inputs.
+    gen_device = generator.device if generator is not None else like.device
+    u = torch.rand(shape, generator=generator, device=gen_device, dtype=like.dtype)
+    return u.to(like.device)
+
+
+def penalty_point(real, fake, kind, alpha=None, generator=None) -> torch.Tensor:
+    """x_hat of DESIGN.md §2, detached from whatever produced real and fake."""
+    real = real.detach()
+    if kind == "r1":
+        return real
+    if kind == "r2":
+        return fake.detach()
+    per_sample = (real.shape[0],) + (1,) * (real.dim() - 1)
+    a = alpha.reshape(per_sample).to(real.dtype) if alpha is not None else _rand(per_sample, real, generator)
+    if kind == "wgan-gp":
+        other = fake.detach()
+    else:  # dragan: a perturbed copy of real, 0.5 * std(real) * U(0,1) noise per element
+        other = real + 0.5 * real.std() * _rand(real.shape, real, generator)
+    return real + a * (other - real)
+
+
+def _check_output(out, x_hat, name="D"):
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a tensor, got {type(out).__name__}")
+    b = x_hat.shape[0]
+    if out.dim() == 0 or out.shape[0] != b or out.numel() != b:
+        raise ValueError(f"{name} must return one score per sample, shape ({b},) or ({b}, 1), "
+                         f"got {tuple(out.shape)}")
+    if not out.requires_grad:
+        raise ValueError(f"{name}'s output does not depend on its input through autograd "
+                         f"(called under torch.no_grad, or the input was detached inside D)")
+
+
+def input_gradient(D: Callable, x_hat: torch.Tensor, scaler=None) -> torch.Tensor:
+    """dD(x_hat)/dx_hat with create_graph=True, unscaled per the AMP recipe when scaler is given."""
+    x_hat = x_hat.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = D(x_hat)
+        _check_output(out, x_hat)
+        total = out.sum()
+        if scaler is not None and scaler.is_enabled():
+            # PyTorch AMP notes: gradients of scaled outputs, then multiply by 1/scale, so
+            # small per-sample gradients do not underflow in half precision.
+            (g,) = torch.autograd.grad(scaler.scale(total), x_hat, create_graph=True)
+            g = g * (1.0 / scaler.get_scale())
+        else:
+            (g,) = torch.autograd.grad(total, x_hat, create_graph=True)
+    return g
+
+
+def norm_penalty_reference(g: torch.Tensor, center: float, weight: float):
+    """Plain PyTorch: per-sample L2 norm over all non-batch dims, weight * mean((n - c)^2)."""
+    n = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), ord=2, dim=1)
+    return weight * (n - center).pow(2).mean(), n
+
+
+def gradient_penalty(D: Callable, real: torch.Tensor, fake: Optional[torch.Tensor] = None, *,
+                     kind: str = "r1", weight: Optional[float] = None, center: Optional[float] = None,
+                     alpha: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                     scaler=None, return_norms: bool = False, impl: str = "auto"):
+    """The gradient penalty of D at the point of `kind`; a scalar whose .backward() reaches D.
+
+    kind: "wgan-gp" (x_hat = real + a*(fake-real), weight*mean((n-1)^2), weight 10),
+          "dragan" (interpolate towards real + 0.5*std(real)*U(0,1), same penalty),
+          "r1" / "r2" (x_hat = real / fake, (weight/2)*mean(n^2), weight=gamma=10).
+    center overrides c (0 gives zero-centered GP on interpolates); alpha (one value per sample)
+    and generator make the random draws reproducible; scaler=GradScaler applies the AMP recipe;
+    return_norms=True returns (penalty, n), n the per-sample gradient norms (detached).
+    real and fake are detached: the penalty regularizes D, never G.
+    """
+    _check_inputs(real, fake, kind, alpha, generator, scaler)
+    c_default, w_default = _DEFAULTS[kind]
+    c = float(c_default if center is None else center)
+    w = float(w_default if weight is None else weight)
+    factor = w / 2 if kind in ("r1", "r2") else w
+    if impl != "reference":
+        from ..ops.norm_penalty import resolve_backend
+
+        backend = resolve_backend(impl, real.device)  # raises before D runs if impl is unusable
+    x_hat = penalty_point(real, fake, kind, alpha, generator)
+    g = input_gradient(D, x_hat, scaler)
+    if impl == "reference":
+        penalty, n = norm_penalty_reference(g, c, factor)
+    else:
+        from ..ops.norm_penalty import norm_penalty
+
+        penalty, n = norm_penalty(g, c, factor, impl=backend)
+    return (penalty, n.detach()) if return_norms else penalty

@@ -1,0 +1,180 @@
+"""gk.ops.norm_penalty on every backend: values, analytic backward, higher orders, opcheck,
+zero rows, layouts and bad input, all against the float64 plain-PyTorch definition."""
+
+import pytest
+import torch
+from conftest import DEVICE, backends_for
+
+from gankern import testing
+from gankern.ops import norm_penalty
+from gankern.ops.norm_penalty import IMPLEMENTED, _norm_penalty_backward_op, _norm_penalty_op
+
+BACKENDS = backends_for(IMPLEMENTED)
+SHAPES = [(1, 1), (7, 127), (3, 4097), (5, 3, 7, 9)]
+
+
+def plain(g64, center, weight):
+    """The definition, written independently of the package: autograd of norm/pow/mean."""
+    n = g64.reshape(g64.shape[0], -1).norm(dim=1)
+    return weight * ((n - center) ** 2).mean(), n
+
+
+@pytest.fixture
+def poisoned_alloc(monkeypatch):
+    """Every torch.empty / empty_like inside a kernel launcher returns NaN-filled memory."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan_empty(*a, **k):
+        t = empty(*a, **k)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    def nan_empty_like(*a, **k):
+        t = empty_like(*a, **k)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_backward_match_float64(backend, dtype, shape, poisoned_alloc):
+    gen = torch.Generator().manual_seed(len(shape) * 100 + shape[-1])
+    g64 = torch.randn(shape, generator=gen, dtype=torch.float64) * 0.3
+    center, weight = 0.75, 3.5
+    gp_up = torch.tensor(1.7, dtype=torch.float64)
+    gn_up = torch.randn(shape[0], generator=gen, dtype=torch.float64)
+
+    g64r = g64.clone().requires_grad_(True)
+    p64, n64 = plain(g64r, center, weight)
+    (dg64,) = torch.autograd.grad(p64 * gp_up + (n64 * gn_up).sum(), g64r)
+
+    def run(x):
+        x = x.to(DEVICE).requires_grad_(True)
+        p, n = norm_penalty(x, center, weight, impl=backend)
+        (dg,) = torch.autograd.grad(p * gp_up.to(p) + (n * gn_up.to(n)).sum(), x)
+        return p, n, dg
+
+    p, n, dg = run(g64.to(dtype))
+    same = None
+    if dtype in testing.HALF_DTYPES:
+        # The reference in the same dtype: what plain PyTorch users get in bf16/fp16.
+        gh = g64.to(dtype).requires_grad_(True)
+        ph, nh = plain(gh, center, weight)
+        (dgh,) = torch.autograd.grad(ph * gp_up.to(dtype) + (nh * gn_up.to(dtype)).sum(), gh)
+        same = (ph, nh, dgh)
+        assert p.dtype == torch.float32 and n.dtype == torch.float32 and dg.dtype == dtype
+    else:
+        assert p.dtype == dtype and n.dtype == dtype and dg.dtype == dtype
+    for name, out, ref, i in (("penalty", p, p64, 0), ("norms", n, n64, 1), ("grads", dg, dg64, 2)):
+        testing.assert_close_to_reference(out, ref, dtype, name=name,
+                                          ref_same_dtype=None if same is None else same[i])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_grads_keep_layout(backend):
+    g = torch.randn(4, 5, 3, 6, dtype=torch.float64).to(DEVICE, memory_format=torch.channels_last)
+    g.requires_grad_(True)
+    p, n = norm_penalty(g, 1.0, 2.0, impl=backend)
+    (dg,) = torch.autograd.grad(p, g)
+    assert dg.is_contiguous(memory_format=torch.channels_last)
+    g2 = g.detach().contiguous().requires_grad_(True)
+    p2, _ = plain(g2, 1.0, 2.0)
+    (dg2,) = torch.autograd.grad(p2, g2)
+    testing.assert_close_to_reference(dg, dg2, torch.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_dense_grads(backend):
+    base = torch.randn(6, 10, 4, dtype=torch.float64, device=DEVICE)
+    g = base[:, ::2, :].detach().requires_grad_(True)  # a strided view
+    p, n = norm_penalty(g, 1.0, 2.0, impl=backend)
+    p64, n64 = plain(g.detach(), 1.0, 2.0)
+    testing.assert_close_to_reference(n, n64, torch.float64)
+    (dg,) = torch.autograd.grad(p, g)
+    assert dg.shape == g.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_zero_norm_rows_give_finite_zero_gradient(backend, center):
+    g = torch.randn(4, 33, dtype=torch.float64, device=DEVICE)
+    g[1] = 0.0
+    g.requires_grad_(True)
+    p, n = norm_penalty(g, center, 10.0, impl=backend)
+    (dg,) = torch.autograd.grad(p + n.sum(), g, create_graph=True)
+    assert n[1].item() == 0.0
+    assert torch.isfinite(dg).all() and (dg[1] == 0).all()
+    g2 = g.detach().clone().requires_grad_(True)
+    p2, n2 = plain(g2, center, 10.0)
+    (dg2,) = torch.autograd.grad(p2 + n2.sum(), g2)
+    testing.assert_close_to_reference(dg, dg2, torch.float64)
+    (h,) = torch.autograd.grad(dg.sum(), g)
+    assert torch.isfinite(h).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_gradcheck_and_gradgradcheck(backend, center):
+    g = torch.randn(3, 2, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+
+    def f(x):
+        return norm_penalty(x, center, 2.5, impl=backend)
+
+    assert torch.autograd.gradcheck(f, (g,))
+    assert torch.autograd.gradgradcheck(f, (g,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_op_gradcheck(backend):
+    """The backward op is differentiable in all four tensor inputs (third order of the penalty)."""
+    b = 3
+    g = torch.randn(b, 7, dtype=torch.float64, device=DEVICE)
+    norms = g.norm(dim=1)
+    args = [torch.tensor(0.8, dtype=torch.float64), torch.randn(b, dtype=torch.float64), g, norms]
+    args = [a.to(DEVICE).requires_grad_(True) for a in args]
+    assert torch.autograd.gradcheck(
+        lambda gp, gn, x, n: _norm_penalty_backward_op(gp, gn, x, n, 1.0, 2.0, backend), args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    g = torch.randn(4, 3, 5, dtype=torch.float32, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(_norm_penalty_op, (g, 1.0, 10.0, backend))
+    n = g.detach().reshape(4, -1).norm(dim=1)
+    torch.library.opcheck(_norm_penalty_backward_op,
+                          (torch.tensor(1.0, device=DEVICE), torch.randn(4, device=DEVICE), g.detach(), n,
+                           1.0, 10.0, backend))
+
+
+def test_bad_input():
+    g = torch.randn(4, 5)
+    with pytest.raises(TypeError, match="grads"):
+        norm_penalty(torch.ones(4, 5, dtype=torch.int64))
+    with pytest.raises(TypeError, match="grads"):
+        norm_penalty([1.0, 2.0])
+    with pytest.raises(ValueError, match="grads"):
+        norm_penalty(torch.empty(0, 5))
+    with pytest.raises(ValueError, match="center"):
+        norm_penalty(g, float("nan"))
+    with pytest.raises(TypeError, match="weight"):
+        norm_penalty(g, 1.0, "10")
+    with pytest.raises(ValueError, match="impl"):
+        norm_penalty(g, impl="nope")
+
+
+def test_native_checks_reject_bad_pointers():
+    """_native is the pointer boundary: it re-checks what the op layer already guaranteed."""
+    from gankern import _backend, _native
+
+    if not _backend.usable("cpu", torch.device("cpu")):
+        pytest.skip("native CPU kernels not built")
+    g = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="grads"):
+        _native.norm_penalty(g.t(), 0.0, 1.0)
+    p, n = _native.norm_penalty(g, 0.0, 1.0)
+    with pytest.raises(ValueError, match="grad_norms"):
+        _native.norm_penalty_backward(p, torch.ones(3), g, n, 0.0, 1.0)
+    with pytest.raises(TypeError, match="norms"):
+        _native.norm_penalty_backward(p, torch.ones(4), g, n.double(), 0.0, 1.0)
