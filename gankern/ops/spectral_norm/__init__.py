@@ -20,7 +20,7 @@ from ... import _native
 from .reference import (matrix_dims, normalize_backward_reference, power_iteration_reference_,
                         sigma_reference, to_matrix)
 
-IMPLEMENTED = ("reference", "cuda", "cpu")
+IMPLEMENTED = ("reference", "triton", "cuda", "cpu")
 
 
 def _triton():
