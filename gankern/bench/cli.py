@@ -9,6 +9,7 @@ comes to a plain copy of the same bytes on this device (bandwidth measured at th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -24,7 +25,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where to run (auto: cuda when available)")
     parser.add_argument("--repeats", type=int, default=None, metavar="N",
-                        help="timing rounds per case (default 15, quick 7; cut to fit a time budget)")
+                        help="timing rounds per case (default 21, quick 11; cut to fit a time budget)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: torch's; 1 when the CPU is already busy, because "
+                             "OpenMP threads spinning against other processes make times meaningless)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--list", action="store_true", help="list the ops that have cases and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -63,10 +67,25 @@ def main(args) -> int:
         cfg.repeats = args.repeats
         cfg.min_rounds = min(cfg.min_rounds, args.repeats)
 
+    if args.threads is not None:
+        if args.threads < 1:
+            print("gankern bench: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    elif device.type == "cpu":
+        load, cores = machine.load_average(), os.cpu_count() or 1
+        if load is not None and load >= cores and torch.get_num_threads() > 1:
+            torch.set_num_threads(1)
+            print(f"note: load average {load:.1f} on {cores} cores: running with 1 torch thread "
+                  f"(--threads N overrides)", file=sys.stderr)
     env = machine.environment(device)
     print(f"gankern bench on {env['device']['name']} ({device.type}), torch {env['torch']}, "
           f"triton {env['triton']}, commit {(env['git']['commit'] or '?')[:10]}"
           f"{' (dirty)' if env['git']['dirty'] else ''}{', quick' if args.quick else ''}", file=sys.stderr)
+    load, cores = env.get("loadavg_1m"), env["cpu"]["logical_cores"] or 1
+    if device.type == "cpu" and load is not None and load > 0.75 * cores:
+        print(f"warning: load average {load:.1f} on {cores} cores: other processes share this CPU, "
+              f"so times are noisy (compare ratios, and the best_s column of the JSON)", file=sys.stderr)
     bandwidth = machine.measure_bandwidth(device)
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (the % floor reference)", file=sys.stderr)
 

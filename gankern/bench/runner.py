@@ -33,11 +33,12 @@ STATUS_OK, STATUS_WRONG, STATUS_FAILED, STATUS_SKIPPED = "ok", "WRONG", "failed"
 @dataclass
 class TimingConfig:
     """How long to measure. repeats: interleaved rounds (CPU) / do_bench rounds (GPU);
-    min_sample_s: each CPU sample loops a call until it lasts this long (timer resolution);
+    min_sample_s: each CPU sample loops a call until it lasts this long (timer resolution;
+    kept short so a sample the scheduler preempted stays one outlier, not smeared into all);
     budget_s: the rounds of one case are cut to fit (never below min_rounds)."""
 
-    repeats: int = 15
-    min_sample_s: float = 0.02
+    repeats: int = 21
+    min_sample_s: float = 0.002
     budget_s: float = 20.0
     min_rounds: int = 3
     gpu_rep_ms: float = 100.0
@@ -45,7 +46,7 @@ class TimingConfig:
 
     @classmethod
     def quick(cls) -> "TimingConfig":
-        return cls(repeats=7, min_sample_s=0.01, budget_s=4.0, min_rounds=3, gpu_rep_ms=40.0)
+        return cls(repeats=11, min_sample_s=0.002, budget_s=4.0, min_rounds=3, gpu_rep_ms=40.0)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class ImplResult:
     status: str                          # ok | WRONG | failed | skipped
     time_s: Optional[float] = None       # median seconds per call; None unless status == ok
     samples_s: list = field(default_factory=list)
+    best_s: Optional[float] = None       # fastest sample: on a loaded machine, the least disturbed
     ratio: Optional[float] = None        # baseline time / this time: > 1 is faster than baseline
     error: Optional[float] = None        # relative error against the float64 reference
     gbps: Optional[float] = None         # bytes_moved / time
@@ -118,41 +120,71 @@ def _quiet_stderr():
         os.close(fd)
 
 
-def peak_memory(run: Callable[[], object], device: torch.device) -> Optional[int]:
-    """Bytes allocated during one call above what was live before it (its workspace and
-    outputs). GPU: the caching allocator's peak. CPU: the allocation events the profiler sees
-    from torch's CPU allocator, summed in time order; None where neither is available."""
+def run_measuring_memory(run: Callable[[], object], device: torch.device) -> tuple[object, Optional[int]]:
+    """(run(), bytes allocated during the call above what was live before it: its workspace
+    and outputs). GPU: the caching allocator's peak. CPU: the allocation events the profiler
+    sees from torch's CPU allocator, summed in time order; None where the profiler has none."""
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         out = run()
         _sync(device)
-        del out
-        return max(0, torch.cuda.max_memory_allocated(device) - before)
+        return out, max(0, torch.cuda.max_memory_allocated(device) - before)
     try:
         from torch.profiler import ProfilerActivity, profile
-
-        with _quiet_stderr():
-            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-                out = run()
-                del out
+    except ImportError:
+        return run(), None
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = run()
+        try:
             events = prof.profiler.kineto_results.events()
-        allocs = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
-    except Exception:  # noqa: BLE001 - profiler internals vary across torch versions
-        return None
+            allocs = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+        except Exception:  # noqa: BLE001 - profiler internals vary across torch versions
+            return out, None
     live = peak = 0
     for _, nbytes in allocs:
         live += nbytes
         peak = max(peak, live)
-    return peak
+    return out, peak
+
+
+def peak_memory(run: Callable[[], object], device: torch.device) -> Optional[int]:
+    return run_measuring_memory(run, device)[1]
+
+
+_FLUSH: dict = {}
+
+
+def _flush_cpu_cache() -> None:
+    """Evict the last-level cache before a sample, as do_bench flushes L2 on a GPU: in training,
+    the forward/backward between two EMA steps leaves none of the weights cached, so an
+    in-cache time would flatter every implementation (and read over 100% of the floor)."""
+    if "buf" not in _FLUSH:
+        _FLUSH["buf"] = torch.empty(_llc_bytes() * 2 // 4, dtype=torch.float32)
+    _FLUSH["buf"].fill_(1.0)
+
+
+def _llc_bytes() -> int:
+    best = 32 << 20
+    try:
+        base = "/sys/devices/system/cpu/cpu0/cache"
+        for entry in os.listdir(base):
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip().upper()
+            n = int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
+            best = max(best, n)
+    except (OSError, ValueError):
+        pass
+    return min(best, 512 << 20)
 
 
 def _time_cpu(runs: dict[str, Callable], cfg: TimingConfig) -> dict[str, list[float]]:
-    """Seconds per call: each round times every implementation once, in a rotating order."""
+    """Seconds per call: each round times every implementation once, in a rotating order,
+    each sample starting from a cold cache."""
     inner, single = {}, {}
-    for label, run in runs.items():  # warm (caches, lazy init) and size the inner loop
-        run()
+    for label, run in runs.items():  # warm-up call (after the check call) sizes the loop
         t0 = time.perf_counter()
         run()
         single[label] = max(time.perf_counter() - t0, 1e-9)
@@ -165,6 +197,7 @@ def _time_cpu(runs: dict[str, Callable], cfg: TimingConfig) -> dict[str, list[fl
         shift = r % len(labels)
         for label in labels[shift:] + labels[:shift]:
             run, n = runs[label], inner[label]
+            _flush_cpu_cache()
             t0 = time.perf_counter()
             for _ in range(n):
                 run()
@@ -209,8 +242,9 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0] if msg else ''}"[:200]
 
 
-def check_impl(case: Case, impl: Impl, device: torch.device) -> ImplResult:
-    """Run impl once (after its setup) and judge the result; no timing."""
+def check_impl(case: Case, impl: Impl, device: torch.device, measure_memory: bool = False) -> ImplResult:
+    """Run impl once (after its setup) and judge the result; no timing. The same call gives
+    the peak memory, so a slow case (a training step) is not run once more just for that."""
     res = ImplResult(label=impl.label, baseline=impl.is_baseline, status=STATUS_OK)
     if impl.skip:
         res.status, res.note = STATUS_SKIPPED, impl.skip
@@ -218,7 +252,10 @@ def check_impl(case: Case, impl: Impl, device: torch.device) -> ImplResult:
     try:
         if impl.setup is not None:
             impl.setup()
-        out = impl.run()
+        if measure_memory:
+            out, res.peak_mem_bytes = run_measuring_memory(impl.run, device)
+        else:
+            out = impl.run()
         _sync(device)
     except Exception as e:  # noqa: BLE001 - one broken implementation must not end the run
         res.status, res.note = STATUS_FAILED, _short(e)
@@ -248,19 +285,10 @@ def run_case(case: Case, device: torch.device, cfg: TimingConfig, bandwidth: Opt
     for impl in case.impls:
         if progress:
             progress(f"{case.op}: check {impl.label}")
-        r = check_impl(case, impl, device)
+        r = check_impl(case, impl, device, measure_memory=cfg.measure_memory)
         result.impls.append(r)
         if r.status == STATUS_OK:
             runs[impl.label] = impl.run
-    if cfg.measure_memory:
-        for r in result.impls:
-            if r.label in runs:
-                if progress:
-                    progress(f"{case.op}: memory {r.label}")
-                try:
-                    r.peak_mem_bytes = peak_memory(runs[r.label], device)
-                except Exception as e:  # noqa: BLE001
-                    r.note = (r.note + "; " if r.note else "") + "memory: " + _short(e)
     if runs:
         if progress:
             progress(f"{case.op}: timing {len(runs)} impls")
@@ -275,6 +303,7 @@ def run_case(case: Case, device: torch.device, cfg: TimingConfig, bandwidth: Opt
             if r.label in samples and samples[r.label]:
                 r.samples_s = samples[r.label]
                 r.time_s = statistics.median(r.samples_s)
+                r.best_s = min(r.samples_s)
                 if case.bytes_moved:
                     r.gbps = case.bytes_moved / r.time_s / 1e9
                 if floor:
