@@ -154,15 +154,18 @@ class NinjaBuild(build_ext):
         os.replace(staged, out)
 
     def copy_extensions_to_source(self):
-        # build_extension already wrote into the source tree for --inplace / editable builds.
-        if not self.inplace:
-            super().copy_extensions_to_source()
-
-    def get_ext_fullpath(self, ext_name):
-        if self.inplace or getattr(self, "editable_mode", False):
-            fn = self.get_ext_filename(ext_name)
-            return os.path.join(ROOT, fn)
-        return super().get_ext_fullpath(ext_name)
+        # setuptools clears self.inplace while building and copies afterwards; copy atomically
+        # so a process that already loaded the old _C keeps its inode instead of crashing.
+        build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            dest, built = self._get_inplace_equivalent(build_py, ext)
+            if os.path.abspath(built) == os.path.abspath(dest):
+                continue
+            staged = dest + ".tmp"
+            shutil.copyfile(built, staged)
+            os.chmod(staged, 0o755)
+            os.replace(staged, dest)
+            print(f"gankern: {os.path.relpath(dest, ROOT)} updated", flush=True)
 
     @staticmethod
     def _obj(temp, src):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from typing import Callable, Union
 
 import torch
 from torch import nn
 
-from ..ops import ema_update_
+from ..ops.ema import PlannedEmaUpdate
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -139,9 +140,8 @@ class EMA(nn.Module):
                        and not is_sn_vector(name, set(ema_params)) and s.dtype == p.dtype)
             (buf_avg_s if average else copy_s).append(s)
             (buf_avg_p if average else copy_p).append(p)
-        pairs = (avg_s + buf_avg_s, avg_p + buf_avg_p, copy_s, copy_p)
-        import weakref
-
+        pairs = (avg_s + buf_avg_s, avg_p + buf_avg_p, copy_s, copy_p,
+                 PlannedEmaUpdate(avg_s + buf_avg_s, avg_p + buf_avg_p, self.impl))
         self._pairs_cache[key] = (weakref.ref(model), pairs)
         return pairs
 
@@ -150,7 +150,7 @@ class EMA(nn.Module):
     def update(self, model: nn.Module | None = None) -> None:
         """One EMA step from model (default: the model the EMA was made from)."""
         model = self._model if model is None else unwrap(model)
-        avg_s, avg_p, copy_s, copy_p = self._pairs(model)
+        avg_s, avg_p, copy_s, copy_p, average_ = self._pairs(model)
         step = self.step
         self.step += 1
         if step < self.update_after_step:
@@ -158,9 +158,7 @@ class EMA(nn.Module):
         elif (step - self.update_after_step) % self.update_every == 0:
             decay = self.decay(step) if callable(self.decay) else self.decay
             self._check_decay(decay, f"decay({step})")
-            weight = 1.0 - decay
-            ema_update_(avg_s, avg_p, weight if not isinstance(weight, torch.Tensor) else weight,
-                        impl=self.impl)
+            average_(1.0 - decay)
         self._copy(copy_s, copy_p)
 
     @staticmethod
@@ -176,14 +174,14 @@ class EMA(nn.Module):
     def copy_to(self, model: nn.Module | None = None) -> None:
         """Write the averaged parameters and buffers into model (cast to its dtypes)."""
         model = self._model if model is None else unwrap(model)
-        avg_s, avg_p, copy_s, copy_p = self._pairs(model)
+        avg_s, avg_p, copy_s, copy_p, _ = self._pairs(model)
         self._copy(avg_p + copy_p, avg_s + copy_s)
 
     @contextlib.contextmanager
     def swapped(self, model: nn.Module | None = None):
         """Run model with the averaged weights inside the block; its own come back after."""
         model = self._model if model is None else unwrap(model)
-        avg_s, avg_p, copy_s, copy_p = self._pairs(model)
+        avg_s, avg_p, copy_s, copy_p, _ = self._pairs(model)
         with torch.no_grad():
             backup = [t.clone() for t in avg_p + copy_p]
             self.copy_to(model)

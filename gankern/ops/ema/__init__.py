@@ -20,14 +20,17 @@ IMPLEMENTED = ("reference", "triton", "cuda", "cpu")
 @torch.library.custom_op("gankern::ema_update_", mutates_args=("shadow",))
 def _ema_update_op(shadow: list[torch.Tensor], params: list[torch.Tensor], weight: float,
                    weight_tensor: Optional[torch.Tensor], backend: str) -> None:
+    # Each path validates exactly once, here, on the real tensors (also when torch.compile
+    # traced the caller, or someone calls torch.ops.gankern.ema_update_ directly): the native
+    # and Triton paths hand raw pointers to kernels; the reference only needs the aliasing check.
     w = weight_tensor if weight_tensor is not None else weight
-    if backend in ("reference", "triton"):  # the native path checks aliasing at its boundary
-        check_no_overlap(shadow, params, "shadow", "params")
     if backend == "reference":
+        check_no_overlap(shadow, params, "shadow", "params")
         ema_update_reference_(shadow, params, w)
     elif backend == "triton":
         from .triton import ema_update_triton_
 
+        _native.check_ema_args(shadow, params, w)
         ema_update_triton_(shadow, params, w)
     else:
         _native.ema_update_(shadow, params, w)
@@ -48,13 +51,53 @@ def ema_update_(shadow, params, weight, impl: str = "auto") -> None:
     """
     shadow = check_tensor_list(shadow, "shadow")
     params = check_tensor_list(params, "params")
+    _native._check_ema_weight(weight, shadow)
     if isinstance(weight, torch.Tensor) and weight.device.type == "cpu" and shadow and shadow[0].is_cuda:
         weight = float(weight)  # a CPU scalar costs no device sync
-    device = _native.check_ema_args(shadow, params, weight, check_overlap=False)
-    if not shadow:
-        return
+    if not shadow or torch.compiler.is_compiling():
+        _native.check_ema_args(shadow, params, weight, check_overlap=False)
+        if not shadow:
+            return
+    device = shadow[0].device
+    # Devices are checked before dispatch: a meta tensor in the lists would route the call to
+    # the fake kernel, past every check inside the op.
+    if any(t.device != device for t in shadow) or any(t.device != device for t in params):
+        _native.check_ema_args(shadow, params, weight, check_overlap=False)
     backend = _backend.resolve(impl, device, IMPLEMENTED, op="ema_update_")
+    if backend == "reference":  # the other backends check everything inside the op
+        _native.check_ema_args(shadow, params, weight, check_overlap=False)
     if isinstance(weight, torch.Tensor):
         _ema_update_op(shadow, params, 0.0, weight, backend)
     else:
         _ema_update_op(shadow, params, float(weight), None, backend)
+
+
+class PlannedEmaUpdate:
+    """ema_update_ over the same tensor lists every step, with the checks paid once.
+
+    gk.EMA uses this: a generator has hundreds of tensors and full validation costs about 10 us
+    per tensor in Python, more than the update itself on a GPU. Each call re-reads only the data
+    pointers and revalidates everything if any moved.
+    """
+
+    def __init__(self, shadow: list, params: list, impl: str = "auto"):
+        shadow = check_tensor_list(shadow, "shadow")
+        params = check_tensor_list(params, "params")
+        self.plan = _native.EmaPlan(shadow, params)
+        self.backend = _backend.resolve(impl, self.plan.device, IMPLEMENTED, op="ema_update_")
+
+    def __call__(self, weight) -> None:
+        if not self.plan.shadow:
+            return
+        if isinstance(weight, torch.Tensor) and weight.device != self.plan.device:
+            weight = float(weight)
+        if self.backend in ("cpu", "cuda"):
+            self.plan.run(weight)
+            return
+        self.plan.revalidate_if_moved()
+        if self.backend == "reference":
+            ema_update_reference_(self.plan.shadow, self.plan.params, weight)
+        else:
+            from .triton import ema_update_triton_
+
+            ema_update_triton_(self.plan.shadow, self.plan.params, weight)
