@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gankern/ema.h"
+#include "gankern/bias_act.h"  // gp
 #include "gankern/norm_penalty.h"  // gp
 #include "gankern/spectral_norm.h"  // sn
 
@@ -90,6 +91,28 @@ void norm_penalty_backward_cuda(uintptr_t gp, uintptr_t gn, uintptr_t grads, uin
 #endif
 // --- end norm_penalty (gp) ---
 
+// --- bias_act (gp) ---
+void bias_act_cpu(int mode, int act, uintptr_t x, uintptr_t bias, uintptr_t dy, uintptr_t v,
+                  uintptr_t out, int64_t n, int64_t channels, int64_t inner, int dtype, double alpha,
+                  double gain, double clamp, bool has_clamp) {
+  py::gil_scoped_release nogil;
+  check_cpu(gankern::bias_act_cpu(mode, act, as_ptr(x), as_ptr(bias), as_ptr(dy), as_ptr(v), as_ptr(out),
+                                  n, channels, inner, dtype, alpha, gain, clamp, has_clamp),
+            "bias_act");
+}
+
+#ifdef GANKERN_WITH_CUDA
+void bias_act_cuda(int mode, int act, uintptr_t x, uintptr_t bias, uintptr_t dy, uintptr_t v,
+                   uintptr_t out, int64_t n, int64_t channels, int64_t inner, int dtype, double alpha,
+                   double gain, double clamp, bool has_clamp, uintptr_t stream) {
+  check_cuda(gankern_bias_act_cuda(mode, act, as_ptr(x), as_ptr(bias), as_ptr(dy), as_ptr(v), as_ptr(out),
+                                   n, channels, inner, dtype, alpha, gain, clamp, has_clamp,
+                                   as_ptr(stream)),
+             "bias_act");
+}
+#endif
+// --- end bias_act (gp) ---
+
 // --- spectral_norm (sn) ---
 void sn_power_iteration_cpu(int dtype, uintptr_t w, int64_t A, int64_t M, int64_t B, uintptr_t u,
                             uintptr_t v, int64_t n_iter, double eps, uintptr_t sigma,
@@ -138,9 +161,11 @@ PYBIND11_MODULE(_C, m) {
   // --- gp ---
   m.def("norm_penalty_cpu", &norm_penalty_cpu);
   m.def("norm_penalty_backward_cpu", &norm_penalty_backward_cpu);
+  m.def("bias_act_cpu", &bias_act_cpu);
 #ifdef GANKERN_WITH_CUDA
   m.def("norm_penalty_cuda", &norm_penalty_cuda);
   m.def("norm_penalty_backward_cuda", &norm_penalty_backward_cuda);
+  m.def("bias_act_cuda", &bias_act_cuda);
 #endif
   // --- end gp ---
   // --- sn ---

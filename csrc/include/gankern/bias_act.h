@@ -1,0 +1,94 @@
+// Fused bias + activation: y = clamp(act(x + b) * gain, -clamp, clamp), its gradient op and the
+// gradient op's own derivative (second order). The activation math lives here once, shared by
+// the CPU and CUDA kernels, so both backends compute the same formulas.
+//
+// x is a dense tensor of `n` elements; the bias index of flat offset i is (i / inner) % channels
+// (inner = x.stride(dim)), which holds for every dense layout, channels_last included. The bias
+// is stored in the accumulation type (float for fp32/fp16/bf16 x, double for fp64).
+// Modes: 0 forward (out = y), 1 gradient (out = dy * gain * act'(z) * mask),
+// 2 second order (out = v * dy * gain * act''(z) * mask). Pointers arrive validated by
+// gankern/_native.py.
+#pragma once
+#include <cstdint>
+#include <math.h>
+
+#include "gankern/common.h"
+
+namespace gankern {
+
+// Must match gankern/ops/bias_act/reference.py:ACTS.
+enum Act : int { kLinear = 0, kRelu, kLrelu, kTanh, kSigmoid, kSilu, kSoftplus, kElu };
+
+GK_HD float gk_exp(float v) { return ::expf(v); }
+GK_HD double gk_exp(double v) { return ::exp(v); }
+GK_HD float gk_expm1(float v) { return ::expm1f(v); }
+GK_HD double gk_expm1(double v) { return ::expm1(v); }
+GK_HD float gk_log1p(float v) { return ::log1pf(v); }
+GK_HD double gk_log1p(double v) { return ::log1p(v); }
+GK_HD float gk_tanh(float v) { return ::tanhf(v); }
+GK_HD double gk_tanh(double v) { return ::tanh(v); }
+
+// f(z), f'(z), f''(z) of one activation. Softplus follows torch (beta 1, linear above 20).
+template <int ACT, typename A>
+GK_HD void act_eval(A z, A alpha, A& f, A& d1, A& d2) {
+  d2 = A(0);
+  if (ACT == kLinear) {
+    f = z; d1 = A(1);
+  } else if (ACT == kRelu) {
+    f = z > A(0) ? z : A(0); d1 = z > A(0) ? A(1) : A(0);
+  } else if (ACT == kLrelu) {
+    f = z > A(0) ? z : z * alpha; d1 = z > A(0) ? A(1) : alpha;
+  } else if (ACT == kTanh) {
+    const A t = gk_tanh(z);
+    f = t; d1 = A(1) - t * t; d2 = A(-2) * t * d1;
+  } else if (ACT == kSigmoid) {
+    const A s = A(1) / (A(1) + gk_exp(-z));
+    f = s; d1 = s * (A(1) - s); d2 = d1 * (A(1) - A(2) * s);
+  } else if (ACT == kSilu) {
+    const A s = A(1) / (A(1) + gk_exp(-z)), ds = s * (A(1) - s);
+    f = z * s; d1 = s + z * ds; d2 = ds * (A(2) + z * (A(1) - A(2) * s));
+  } else if (ACT == kSoftplus) {
+    if (z > A(20)) {
+      f = z; d1 = A(1);
+    } else {
+      const A s = A(1) / (A(1) + gk_exp(-z));
+      f = (z > A(0) ? z : A(0)) + gk_log1p(gk_exp(z > A(0) ? -z : z)); d1 = s; d2 = s * (A(1) - s);
+    }
+  } else {  // kElu
+    if (z > A(0)) {
+      f = z; d1 = A(1);
+    } else {
+      const A e = gk_exp(z);
+      f = alpha * gk_expm1(z); d1 = alpha * e; d2 = alpha * e;
+    }
+  }
+}
+
+// One element of any mode; `extra` is dy (mode 1) or v * dy (mode 2).
+template <int ACT, int MODE, typename A>
+GK_HD A bias_act_point(A z, A extra, A alpha, A gain, A clamp, bool has_clamp) {
+  A f, d1, d2;
+  act_eval<ACT, A>(z, alpha, f, d1, d2);
+  const A u = f * gain;
+  if (MODE == 0) {
+    if (!has_clamp) return u;
+    return u > clamp ? clamp : (u < -clamp ? -clamp : u);
+  }
+  // torch.clamp passes the gradient where -clamp <= u <= clamp (inclusive).
+  const bool pass = !has_clamp || (u >= -clamp && u <= clamp);
+  if (!pass) return A(0);
+  return extra * gain * (MODE == 1 ? d1 : d2);
+}
+
+int bias_act_cpu(int mode, int act, const void* x, const void* bias, const void* dy, const void* v,
+                 void* out, int64_t n, int64_t channels, int64_t inner, int dtype, double alpha,
+                 double gain, double clamp, bool has_clamp);
+
+}  // namespace gankern
+
+extern "C" {
+int gankern_bias_act_cuda(int mode, int act, const void* x, const void* bias, const void* dy,
+                          const void* v, void* out, int64_t n, int64_t channels, int64_t inner,
+                          int dtype, double alpha, double gain, double clamp, bool has_clamp,
+                          void* stream);
+}

@@ -1,0 +1,183 @@
+"""gk.ops.bias_act: clamp(act(x + b) * gain), fused, with first- and second-order gradients.
+
+Three custom ops, StyleGAN2-ADA style: the forward, the gradient op (dx from dy) and the
+gradient op's derivative in x. The gradient op is itself differentiable, so the double backward
+of a gradient penalty through a discriminator runs through fused kernels; for piecewise-linear
+activations (linear, relu, lrelu) act'' is zero and that term is skipped, not computed.
+The forward saves x and b only: each gradient recomputes act'(x + b) in registers.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ... import _backend, _native
+from ..._checks import FLOAT_DTYPES, check_tensor, is_dense
+from .reference import (ACTS, DEFAULT_ALPHA, PIECEWISE_LINEAR, acc_dtype, bias_act_grad2_reference,
+                        bias_act_grad_reference, bias_act_reference)
+
+IMPLEMENTED = ("reference", "triton", "cuda", "cpu")
+
+
+def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """t in x's memory layout, so the kernels can walk both in one flat order."""
+    if t.stride() == x.stride() or x.numel() <= 1:
+        return t
+    return torch.empty_like(x).copy_(t)
+
+
+def _dispatch(mode, backend, x, b, dy, v, act, alpha, gain, clamp, dim):
+    if backend == "reference":
+        if mode == 0:
+            return bias_act_reference(x, b, act, alpha, gain, clamp, dim)
+        if mode == 1:
+            return bias_act_grad_reference(dy, x, b, act, alpha, gain, clamp, dim)
+        return bias_act_grad2_reference(v, dy, x, b, act, alpha, gain, clamp, dim)
+    dy = None if dy is None else _like(dy, x)
+    v = None if v is None else _like(v, x)
+    channels = x.shape[dim] if b is not None else 1
+    inner = x.stride(dim) if b is not None else 1
+    if backend == "triton":
+        from .triton import bias_act_triton
+
+        return bias_act_triton(mode, ACTS[act], x, b, dy, v, alpha, gain, clamp, inner, channels)
+    return _native.bias_act(mode, ACTS[act], x, b, dy, v, alpha, gain, clamp, inner, channels)
+
+
+@torch.library.custom_op("gankern::bias_act", mutates_args=())
+def _bias_act_op(x: torch.Tensor, b: Optional[torch.Tensor], act: str, alpha: float, gain: float,
+                 clamp: Optional[float], dim: int, backend: str) -> torch.Tensor:
+    return _dispatch(0, backend, x, b, None, None, act, alpha, gain, clamp, dim)
+
+
+@torch.library.custom_op("gankern::bias_act_grad", mutates_args=())
+def _bias_act_grad_op(dy: torch.Tensor, x: torch.Tensor, b: Optional[torch.Tensor], act: str,
+                      alpha: float, gain: float, clamp: Optional[float], dim: int,
+                      backend: str) -> torch.Tensor:
+    return _dispatch(1, backend, x, b, dy, None, act, alpha, gain, clamp, dim)
+
+
+@torch.library.custom_op("gankern::bias_act_grad2", mutates_args=())
+def _bias_act_grad2_op(v: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, b: Optional[torch.Tensor],
+                       act: str, alpha: float, gain: float, clamp: Optional[float], dim: int,
+                       backend: str) -> torch.Tensor:
+    return _dispatch(2, backend, x, b, dy, v, act, alpha, gain, clamp, dim)
+
+
+@_bias_act_op.register_fake
+def _(x, b, act, alpha, gain, clamp, dim, backend):
+    return torch.empty_like(x)
+
+
+@_bias_act_grad_op.register_fake
+def _(dy, x, b, act, alpha, gain, clamp, dim, backend):
+    return torch.empty_like(x)
+
+
+@_bias_act_grad2_op.register_fake
+def _(v, dy, x, b, act, alpha, gain, clamp, dim, backend):
+    return torch.empty_like(x)
+
+
+def _bias_grad(dx: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    dims = [i for i in range(dx.dim()) if i != dim]
+    return dx.sum(dims, dtype=b.dtype) if dims else dx.to(b.dtype)
+
+
+def _setup(ctx, inputs, output):
+    x, b, act, alpha, gain, clamp, dim, backend = inputs
+    ctx.save_for_backward(x, b)
+    ctx.args = (act, alpha, gain, clamp, dim, backend)
+
+
+def _backward(ctx, dy):
+    x, b = ctx.saved_tensors
+    act, alpha, gain, clamp, dim, backend = ctx.args
+    dx = _bias_act_grad_op(dy, x, b, act, alpha, gain, clamp, dim, backend)
+    db = _bias_grad(dx, b, dim) if b is not None and ctx.needs_input_grad[1] else None
+    return dx, db, None, None, None, None, None, None
+
+
+_bias_act_op.register_autograd(_backward, setup_context=_setup)
+
+
+def _setup_grad(ctx, inputs, output):
+    dy, x, b, act, alpha, gain, clamp, dim, backend = inputs
+    ctx.save_for_backward(dy, x, b)
+    ctx.args = (act, alpha, gain, clamp, dim, backend)
+
+
+def _backward_grad(ctx, w):
+    """dx = dy * gain * act'(z): linear in dy (same op), and act'' in z (zero when piecewise linear)."""
+    dy, x, b = ctx.saved_tensors
+    act, alpha, gain, clamp, dim, backend = ctx.args
+    d_dy = _bias_act_grad_op(w, x, b, *ctx.args) if ctx.needs_input_grad[0] else None
+    d_x = d_b = None
+    if act not in PIECEWISE_LINEAR and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+        d_x = _bias_act_grad2_op(w, dy, x, b, *ctx.args)
+        if b is not None and ctx.needs_input_grad[2]:
+            d_b = _bias_grad(d_x, b, dim)
+        if not ctx.needs_input_grad[1]:
+            d_x = None
+    return d_dy, d_x, d_b, None, None, None, None, None, None
+
+
+_bias_act_grad_op.register_autograd(_backward_grad, setup_context=_setup_grad)
+
+
+def _float_arg(v, name: str, *, min_value: Optional[float] = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if min_value is not None and v < min_value:
+        raise ValueError(f"{name} must be >= {min_value}, got {v}")
+    return v
+
+
+def check_bias_act_args(x, b, act, alpha, gain, clamp, dim):
+    """Validate a bias_act call; returns (alpha, gain, clamp, dim) normalized."""
+    check_tensor(x, "x", dtypes=FLOAT_DTYPES)
+    if not isinstance(act, str):
+        raise TypeError(f"act must be a str, got {type(act).__name__}")
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {tuple(ACTS)}, got {act!r}")
+    alpha = _float_arg(DEFAULT_ALPHA.get(act, 0.0) if alpha is None else alpha, "alpha")
+    gain = _float_arg(gain, "gain")
+    clamp = None if clamp is None else _float_arg(clamp, "clamp", min_value=0.0)
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if b is not None:
+        if x.dim() == 0:
+            raise ValueError("x must have at least 1 dim when b is given, got a 0-d tensor")
+        if not -x.dim() <= dim < x.dim():
+            raise ValueError(f"dim must be in [{-x.dim()}, {x.dim()}) for x of shape {tuple(x.shape)}, got {dim}")
+        dim = dim % x.dim()
+        check_tensor(b, "b", dtypes=FLOAT_DTYPES, device=x.device, ndim=1)
+        if b.shape[0] != x.shape[dim]:
+            raise ValueError(f"b must have x.shape[{dim}] = {x.shape[dim]} elements, got {b.shape[0]}")
+    else:
+        dim = dim % x.dim() if x.dim() else 0
+    return alpha, gain, clamp, dim
+
+
+def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "lrelu",
+             alpha: Optional[float] = None, gain: float = 1.0, clamp: Optional[float] = None,
+             dim: int = 1, impl: str = "auto") -> torch.Tensor:
+    """clamp(act(x + b) * gain, -clamp, clamp), b broadcast along `dim`.
+
+    act: linear, relu, lrelu, tanh, sigmoid, silu, softplus (torch's, threshold 20) or elu.
+    alpha: the slope of lrelu (default 0.2) or the alpha of elu (default 1.0).
+    Any dense memory format is kept (channels_last in, channels_last out); fp16/bf16 are
+    computed in fp32 and rounded once. Differentiable twice, through fused gradient ops.
+    """
+    alpha, gain, clamp, dim = check_bias_act_args(x, b, act, alpha, gain, clamp, dim)
+    backend = _backend.resolve(impl, x.device, IMPLEMENTED, op="bias_act")
+    if not is_dense(x):
+        x = x.contiguous()
+    if b is not None:
+        b = b.to(acc_dtype(x.dtype)).contiguous()  # differentiable cast: db returns in b's dtype
+    return _bias_act_op(x, b, act, alpha, gain, clamp, dim, backend)

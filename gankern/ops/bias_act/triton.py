@@ -1,0 +1,140 @@
+"""Triton backend of gk.ops.bias_act: one elementwise kernel for the forward, the gradient and
+the gradient's derivative (MODE), the activation a constexpr so each variant is branch-free.
+
+The bias index of flat offset i is (i // inner) % C with inner = x.stride(dim): true for every
+dense layout, so channels_last tensors are processed in their own memory order and kept.
+A float64 call reads alpha/gain/clamp from memory since Triton passes Python floats as float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton_helpers import cast_out
+
+_TL = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
+       torch.bfloat16: tl.bfloat16}
+BLOCK = 1024
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _act(z, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
+    """act(z) for ORDER 0, act'(z) for 1, act''(z) for 2 (acts as in reference.ACTS)."""
+    if ACT == 0:
+        r = z if ORDER == 0 else (tl.full(z.shape, 1.0, z.dtype) if ORDER == 1 else tl.zeros_like(z))
+    elif ACT == 1:
+        if ORDER == 0:
+            r = tl.where(z > 0, z, 0.0)
+        elif ORDER == 1:
+            r = tl.where(z > 0, 1.0, 0.0)
+        else:
+            r = tl.zeros_like(z)
+    elif ACT == 2:
+        if ORDER == 0:
+            r = tl.where(z > 0, z, z * alpha)
+        elif ORDER == 1:
+            r = tl.where(z > 0, 1.0, alpha)
+        else:
+            r = tl.zeros_like(z)
+    elif ACT == 3:
+        # tanh from one exp of -2|z| (no overflow), sign restored.
+        e = tl.exp(-2.0 * tl.abs(z))
+        t = (1.0 - e) / (1.0 + e)
+        t = tl.where(z < 0, -t, t)
+        if ORDER == 0:
+            r = t
+        elif ORDER == 1:
+            r = 1.0 - t * t
+        else:
+            r = -2.0 * t * (1.0 - t * t)
+    elif ACT == 4:
+        s = _sigmoid(z)
+        if ORDER == 0:
+            r = s
+        elif ORDER == 1:
+            r = s * (1.0 - s)
+        else:
+            r = s * (1.0 - s) * (1.0 - 2.0 * s)
+    elif ACT == 5:
+        s = _sigmoid(z)
+        if ORDER == 0:
+            r = z * s
+        elif ORDER == 1:
+            r = s + z * s * (1.0 - s)
+        else:
+            r = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+    elif ACT == 6:
+        s = _sigmoid(z)
+        linear = z > 20.0  # torch's softplus threshold
+        if ORDER == 0:
+            r = tl.where(linear, z, tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))))
+        elif ORDER == 1:
+            r = tl.where(linear, 1.0, s)
+        else:
+            r = tl.where(linear, 0.0, s * (1.0 - s))
+    else:
+        e = alpha * tl.exp(tl.minimum(z, 0.0))
+        if ORDER == 0:
+            r = tl.where(z > 0, z, e - alpha)
+        elif ORDER == 1:
+            r = tl.where(z > 0, 1.0, e)
+        else:
+            r = tl.where(z > 0, 0.0, e)
+    return r
+
+
+@triton.jit
+def _bias_act_kernel(x_ptr, b_ptr, dy_ptr, v_ptr, out_ptr, consts_ptr, n, C, inner,
+                     alpha, gain, clamp, ACT: tl.constexpr, MODE: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, ACC: tl.constexpr,
+                     OUT: tl.constexpr, FROM_PTR: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    if FROM_PTR:
+        alpha = tl.load(consts_ptr)
+        gain = tl.load(consts_ptr + 1)
+        clamp = tl.load(consts_ptr + 2)
+    z = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    if HAS_BIAS:
+        z += tl.load(b_ptr + (offs // inner) % C, mask=mask, other=0.0).to(ACC)
+    if MODE == 0:
+        u = _act(z, alpha, ACT, 0) * gain
+        if HAS_CLAMP:
+            u = tl.minimum(tl.maximum(u, -clamp), clamp)
+        out = u
+    else:
+        g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(ACC) * gain
+        if MODE == 2:
+            g *= tl.load(v_ptr + offs, mask=mask, other=0.0).to(ACC)
+        out = g * _act(z, alpha, ACT, MODE)
+        if HAS_CLAMP:
+            # torch.clamp passes the gradient where -clamp <= u <= clamp (inclusive).
+            u = _act(z, alpha, ACT, 0) * gain
+            out = tl.where((u >= -clamp) & (u <= clamp), out, 0.0)
+    tl.store(out_ptr + offs, cast_out(out, OUT), mask=mask)
+
+
+def bias_act_triton(mode: int, act: int, x, b, dy, v, alpha: float, gain: float, clamp, inner: int,
+                    channels: int):
+    out = torch.empty_like(x)
+    n = x.numel()
+    if n == 0:
+        return out
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    has_clamp = clamp is not None
+    c = float(clamp) if has_clamp else 0.0
+    from_ptr = acc == torch.float64
+    consts = torch.tensor([alpha, gain, c], dtype=acc, device=x.device) if from_ptr else x
+    _bias_act_kernel[(triton.cdiv(n, BLOCK),)](
+        x, b if b is not None else x, dy if dy is not None else x, v if v is not None else x, out,
+        consts, n, channels, inner, float(alpha), float(gain), c, ACT=act, MODE=mode,
+        HAS_BIAS=b is not None, HAS_CLAMP=has_clamp, ACC=_TL[acc], OUT=_TL[x.dtype],
+        FROM_PTR=from_ptr, BLOCK=BLOCK, num_warps=4)
+    return out

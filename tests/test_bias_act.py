@@ -1,0 +1,169 @@
+"""gk.ops.bias_act on every backend: forward, gradient and second-order gradient against the
+float64 torch.nn.functional definition, every activation, odd shapes, bias along any dim,
+channels_last kept, 16-bit within 2x of plain PyTorch in that dtype; gradcheck/gradgradcheck,
+opcheck and bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE, backends_for
+
+import gankern as gk
+from gankern import testing
+from gankern.ops import bias_act
+import sys
+from gankern.ops.bias_act import (IMPLEMENTED, _bias_act_grad2_op, _bias_act_grad_op, _bias_act_op)
+from gankern.ops.bias_act.reference import ACTS, DEFAULT_ALPHA, PIECEWISE_LINEAR
+
+BACKENDS = backends_for(IMPLEMENTED)
+bias_act_module = sys.modules["gankern.ops.bias_act"]  # gk.ops.bias_act is the function
+# (shape, dim, channels_last)
+LAYOUTS = [((7,), 0, False), ((3, 127), -1, False), ((2, 5, 7, 9), 1, False), ((2, 5, 3, 7), 1, True)]
+
+
+def plain(x, b, act, alpha, gain, clamp, dim):
+    """What users write: x + b, then the torch activation, gain and clamp, in x's dtype."""
+    shape = [-1 if i == dim % x.dim() else 1 for i in range(x.dim())]
+    z = x + b.reshape(shape)
+    fn = {"linear": lambda t: t, "relu": F.relu, "lrelu": lambda t: F.leaky_relu(t, alpha),
+          "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": F.silu, "softplus": F.softplus,
+          "elu": lambda t: F.elu(t, alpha)}[act]
+    y = fn(z) * gain
+    return y if clamp is None else y.clamp(-clamp, clamp)
+
+
+@pytest.fixture
+def poisoned_alloc(monkeypatch):
+    """Every torch.empty / empty_like inside a launcher returns NaN-filled memory."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan(empty_like(*a, **k)))
+
+
+def _three_orders(x, b, dy, v, fn):
+    """y, dx = d<dy, y>/dx, db, and the second order d<v, dx>/dx, d<v, dx>/d dy."""
+    x = x.detach().requires_grad_(True)
+    b = b.detach().requires_grad_(True)
+    dy = dy.detach().requires_grad_(True)
+    y = fn(x, b)
+    dx, db = torch.autograd.grad(y, (x, b), dy, create_graph=True)
+    outs = [y, dx, db]
+    if dx.requires_grad:
+        ddx, ddy = torch.autograd.grad(dx, (x, dy), v, allow_unused=True)
+        outs += [torch.zeros_like(x) if ddx is None else ddx, ddy]
+    return [o.detach() for o in outs]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: f"{l[0]}-dim{l[1]}{'-cl' if l[2] else ''}")
+def test_three_orders_match_float64(layout, act, dtype, backend, poisoned_alloc):
+    shape, dim, cl = layout
+    gen = torch.Generator().manual_seed(sum(shape) + ACTS[act])
+    x64 = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
+    b64 = torch.randn(shape[dim], generator=gen, dtype=torch.float64)
+    dy64 = torch.randn(shape, generator=gen, dtype=torch.float64)
+    v64 = torch.randn(shape, generator=gen, dtype=torch.float64)
+    # The float64 reference sees the same (rounded) inputs as the kernel: only compute differs.
+    x64, b64, dy64, v64 = (t.to(dtype).double() for t in (x64, b64, dy64, v64))
+    alpha = DEFAULT_ALPHA.get(act, 0.0)
+    gain, clamp = (1.4, 1.5) if len(shape) == 4 else (1.0, None)
+    ref = _three_orders(x64, b64, dy64, v64, lambda x, b: plain(x, b, act, alpha, gain, clamp, dim))
+
+    def dev(t):
+        t = t.to(DEVICE, dtype)
+        return t.contiguous(memory_format=torch.channels_last) if cl else t
+
+    fn = lambda x, b: bias_act(x, b, act, gain=gain, clamp=clamp, dim=dim, impl=backend)  # noqa: E731
+    out = _three_orders(dev(x64), b64.to(DEVICE, dtype), dev(dy64), dev(v64), fn)
+    same = None
+    if dtype in testing.HALF_DTYPES:
+        same = _three_orders(x64.to(dtype), b64.to(dtype), dy64.to(dtype), v64.to(dtype),
+                             lambda x, b: plain(x, b, act, alpha, gain, clamp, dim))
+    if cl:
+        assert out[0].is_contiguous(memory_format=torch.channels_last)
+        assert out[1].is_contiguous(memory_format=torch.channels_last)
+    assert out[0].dtype == dtype and out[2].dtype == dtype
+    names = ["y", "dx", "db", "d2x", "d2dy"]
+    assert len(out) == len(ref)
+    for i, (o, r) in enumerate(zip(out, ref)):
+        if act in PIECEWISE_LINEAR and names[i] == "d2x":
+            assert not o.any() and not r.any()  # act'' = 0: the second-order x term is exactly 0
+            continue
+        testing.assert_close_to_reference(o, r, dtype, name=names[i],
+                                          ref_same_dtype=None if same is None else same[i])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("act", list(ACTS))
+def test_gradcheck_and_gradgradcheck(act, backend):
+    x = (torch.randn(2, 3, 2, dtype=torch.float64, device=DEVICE) * 2).requires_grad_(True)
+    b = torch.randn(3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    # The Triton interpreter costs ~10 ms a launch: its checks use random projections
+    # (fast_mode) instead of one evaluation per input element; the other backends check fully.
+    fast = backend == "triton"
+    for kw in (dict(gain=1.7, clamp=1.2), dict()):
+        fn = lambda x, b: bias_act(x, b, act, dim=1, impl=backend, **kw)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x, b), fast_mode=fast)
+        assert torch.autograd.gradgradcheck(fn, (x, b), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(lambda x: bias_act(x, None, act, impl=backend), (x,), fast_mode=fast)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_piecewise_linear_second_order_costs_nothing(backend, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("bias_act_grad2 must not run for a piecewise-linear act")
+
+    monkeypatch.setattr(bias_act_module, "_bias_act_grad2_op", boom)
+    x = torch.randn(3, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    for act in PIECEWISE_LINEAR:
+        (dx,) = torch.autograd.grad(bias_act(x, b, act, dim=1, impl=backend).pow(2).sum(), x, create_graph=True)
+        dx.sum().backward()
+    with pytest.raises(AssertionError, match="must not run"):
+        (dx,) = torch.autograd.grad(bias_act(x, b, "tanh", dim=1, impl=backend).sum(), x, create_graph=True)
+        dx.sum().backward()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    x = torch.randn(2, 3, 5, device=DEVICE, requires_grad=True)
+    b = torch.randn(3, device=DEVICE, requires_grad=True)
+    dy, v = torch.randn(2, 3, 5, device=DEVICE), torch.randn(2, 3, 5, device=DEVICE)
+    args = ("silu", 0.0, 1.3, 2.0, 1)
+    torch.library.opcheck(_bias_act_op, (x, b, *args, backend))
+    torch.library.opcheck(_bias_act_grad_op, (dy.requires_grad_(True), x, b, *args, backend))
+    torch.library.opcheck(_bias_act_grad2_op, (v, dy.detach(), x.detach(), b.detach(), *args, backend))
+
+
+def test_bad_input():
+    x, b = torch.randn(2, 3, 4), torch.randn(3)
+    cases = [
+        (dict(x=torch.ones(2, 3, dtype=torch.int32)), TypeError, "x must"),
+        (dict(b=torch.randn(4)), ValueError, "b must have x.shape"),
+        (dict(b=torch.randn(3, 1)), ValueError, "b must have 1 dims"),
+        (dict(b=torch.ones(3, dtype=torch.int64)), TypeError, "b must"),
+        (dict(act="gelu"), ValueError, "act must be one of"),
+        (dict(act=1), TypeError, "act must be a str"),
+        (dict(dim=3), ValueError, "dim must be in"),
+        (dict(dim=1.0), TypeError, "dim must be an int"),
+        (dict(clamp=-1.0), ValueError, "clamp"),
+        (dict(gain=float("nan")), ValueError, "gain"),
+        (dict(alpha="0.2"), TypeError, "alpha"),
+        (dict(impl="nope"), ValueError, "impl"),
+    ]
+    for bad, exc, match in cases:
+        args = dict(x=x, b=b, act="lrelu", dim=1)
+        args.update(bad)
+        with pytest.raises(exc, match=match):
+            bias_act(args.pop("x"), args.pop("b"), **args)
+
+
+def test_public_names():
+    assert gk.ops.bias_act is bias_act
+    assert gk.nn.BiasAct is not None and gk.nn.fuse_bias_act is not None
