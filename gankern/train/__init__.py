@@ -2,4 +2,13 @@
 
 from .gradient_penalty import gradient_penalty
 
-__all__ = ["gradient_penalty"]
+# --- trainer, losses, regularizers (train engineer) ---
+from .fit_loop import TrainingInterrupted
+from .losses import LOSSES, d_loss, g_loss
+from .regularizers import DRAGAN, GANQP, R1, R2, WGANGP, InstanceNoise, l2_penalty
+from .trainer import GANTrainer, TrainingDiverged
+# --- end trainer section ---
+
+__all__ = ["gradient_penalty",
+           "GANTrainer", "TrainingDiverged", "TrainingInterrupted", "LOSSES", "d_loss", "g_loss",
+           "WGANGP", "R1", "R2", "DRAGAN", "GANQP", "InstanceNoise", "l2_penalty"]

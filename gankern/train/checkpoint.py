@@ -1,0 +1,74 @@
+"""Checkpoint files: atomic writes, safe reads, and the RNG states a bit-identical resume needs.
+
+A checkpoint is written to a temporary file in the target's directory, flushed to disk, then
+renamed over the target (os.replace is atomic on POSIX and Windows), so a crash or a Ctrl-C
+mid-write leaves the previous checkpoint intact. Reads use torch.load(weights_only=True): a
+checkpoint holds tensors, numbers, strings and containers only, never pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+FORMAT = "gankern.GANTrainer"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or is not a gankern trainer checkpoint."""
+
+
+def atomic_save(obj, path) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read(path) -> dict:
+    path = os.fspath(path)
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path!r} does not exist") from None
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {msg}") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CheckpointError(f"{path!r} is not a gankern GANTrainer checkpoint")
+    if ck.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path!r} has version {ck.get('version')!r}; this gankern reads {VERSION}")
+    return ck
+
+
+def rng_state(generators: dict) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "generators": {k: g.get_state() for k, g in generators.items()}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generators: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    for k, g in generators.items():
+        g.set_state(state["generators"][k])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
