@@ -1,0 +1,31 @@
+"""`gankern demo` end to end on tiny settings (the full-length quality run is measured, not
+tested: README "Quality"); one slow-marked smoke test runs the real recipe."""
+
+import pytest
+
+from gankern.cli import main
+
+
+@pytest.mark.parametrize("reg", ["r1", "wgan-gp"])
+def test_demo_tiny(tmp_path, capsys, reg):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--steps", "3", "--reg", reg, "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "modes covered" in text and "EMA G" in text and "/8" in text
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_bad_flags(capsys):
+    assert main(["demo", "--steps", "0"]) == 2
+    assert main(["demo", "--reg", "r9"]) == 2
+    assert main(["demo", "--data", "moons"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(e.startswith("gankern demo: error: ") for e in err)
+
+
+@pytest.mark.slow
+def test_demo_full_recipe_covers_the_ring(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo.png"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    ema_line = [line for line in text.splitlines() if line.startswith("EMA G")][0]
+    assert "8/8" in ema_line
