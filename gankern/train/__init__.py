@@ -1,6 +1,7 @@
 """Training pieces: losses, regularizers, the gradient penalty, lazy regularization, trainer."""
 
 from .gradient_penalty import gradient_penalty
+from .lazy import LazyPenalty, is_lazy_step, lazy_optimizer_args, lazy_ratio
 
 # --- trainer, losses, regularizers (train engineer) ---
 from .fit_loop import TrainingInterrupted
@@ -9,6 +10,6 @@ from .regularizers import DRAGAN, GANQP, R1, R2, WGANGP, InstanceNoise, l2_penal
 from .trainer import GANTrainer, TrainingDiverged
 # --- end trainer section ---
 
-__all__ = ["gradient_penalty",
+__all__ = ["gradient_penalty", "LazyPenalty", "is_lazy_step", "lazy_optimizer_args", "lazy_ratio",
            "GANTrainer", "TrainingDiverged", "TrainingInterrupted", "LOSSES", "d_loss", "g_loss",
            "WGANGP", "R1", "R2", "DRAGAN", "GANQP", "InstanceNoise", "l2_penalty"]
