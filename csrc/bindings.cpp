@@ -142,6 +142,39 @@ void sn_normalize_backward_cpu(int dtype, uintptr_t g, uintptr_t w, int64_t A, i
                                                as_ptr(v), as_ptr(sigma), as_ptr(out)),
             "sn_normalize_backward");
 }
+
+#ifdef GANKERN_WITH_CUDA
+void sn_power_iteration_cuda(int dtype, uintptr_t w, int64_t A, int64_t M, int64_t B, uintptr_t u,
+                             uintptr_t v, int64_t n_iter, double eps, uintptr_t sigma,
+                             uintptr_t u_copy, uintptr_t v_copy, uintptr_t work, uintptr_t stream) {
+  check_cuda(gankern_sn_power_iteration_cuda(dtype, as_ptr(w), A, M, B, as_ptr(u), as_ptr(v), n_iter,
+                                             eps, as_ptr(sigma), as_ptr(u_copy), as_ptr(v_copy),
+                                             as_ptr(work), as_ptr(stream)),
+             "sn_power_iteration");
+}
+
+void sn_sigma_cuda(int dtype, uintptr_t w, int64_t A, int64_t M, int64_t B, uintptr_t u, uintptr_t v,
+                   uintptr_t sigma, uintptr_t work, uintptr_t stream) {
+  check_cuda(gankern_sn_sigma_cuda(dtype, as_ptr(w), A, M, B, as_ptr(u), as_ptr(v), as_ptr(sigma),
+                                   as_ptr(work), as_ptr(stream)),
+             "sn_sigma");
+}
+
+void sn_scale_cuda(int dtype, uintptr_t w, int64_t numel, uintptr_t sigma, uintptr_t out,
+                   uintptr_t stream) {
+  check_cuda(gankern_sn_scale_cuda(dtype, as_ptr(w), numel, as_ptr(sigma), as_ptr(out), as_ptr(stream)),
+             "sn_scale");
+}
+
+void sn_normalize_backward_cuda(int dtype, uintptr_t g, uintptr_t w, int64_t A, int64_t M, int64_t B,
+                                uintptr_t u, uintptr_t v, uintptr_t sigma, uintptr_t out,
+                                uintptr_t work, uintptr_t stream) {
+  check_cuda(gankern_sn_normalize_backward_cuda(dtype, as_ptr(g), as_ptr(w), A, M, B, as_ptr(u),
+                                                as_ptr(v), as_ptr(sigma), as_ptr(out), as_ptr(work),
+                                                as_ptr(stream)),
+             "sn_normalize_backward");
+}
+#endif
 // --- end spectral_norm (sn) ---
 
 }  // namespace
@@ -173,5 +206,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("sn_sigma_cpu", &sn_sigma_cpu);
   m.def("sn_scale_cpu", &sn_scale_cpu);
   m.def("sn_normalize_backward_cpu", &sn_normalize_backward_cpu);
+#ifdef GANKERN_WITH_CUDA
+  m.def("sn_workspace_elems", &gankern_sn_workspace_elems);
+  m.def("sn_power_iteration_cuda", &sn_power_iteration_cuda);
+  m.def("sn_sigma_cuda", &sn_sigma_cuda);
+  m.def("sn_scale_cuda", &sn_scale_cuda);
+  m.def("sn_normalize_backward_cuda", &sn_normalize_backward_cuda);
+#endif
   // --- end sn ---
 }

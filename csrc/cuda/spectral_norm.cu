@@ -1,0 +1,306 @@
+// CUDA backend of gankern's spectral norm, on the (A, M, B) view of spectral_norm.h.
+//
+// Per power iteration: a row pass (t = W v, one block per row), a column pass (s = W^T t, one
+// thread per column, coalesced along B), and two single-block kernels for the norms. sigma
+// falls out of the last v update (sigma = ||W^T u||), so no third pass over W is needed. Every
+// reduction is a fixed tree (no atomics), so results are bit-reproducible run to run.
+// D layers are small (M, K ≲ a few thousand), so this is launch-bound, not bandwidth-bound:
+// 4 launches per iteration instead of torch's ~12 per forward.
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "gankern/common.h"
+#include "gankern/spectral_norm.h"
+
+namespace gankern {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kSingleBlock = 1024;
+constexpr int kMaxPartials = 1024;
+constexpr int kScalars = 8;
+
+// Workspace layout, in accumulator elements: [t: M][s: K][scalars: kScalars][partials].
+struct Workspace {
+  template <typename A>
+  __host__ __device__ static A* t(A* w) { return w; }
+  template <typename A>
+  __host__ __device__ static A* s(A* w, int64_t M) { return w + M; }
+  template <typename A>
+  __host__ __device__ static A* scalars(A* w, int64_t M, int64_t K) { return w + M + K; }
+  template <typename A>
+  __host__ __device__ static A* partials(A* w, int64_t M, int64_t K) { return w + M + K + kScalars; }
+};
+
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the block, result returned to every thread.
+template <typename A>
+__device__ A block_sum(A v) {
+  __shared__ double raw[32];  // double-typed: aligned for either accumulator
+  A* sh = reinterpret_cast<A*>(raw);
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) sh[wid] = v;
+  __syncthreads();
+  const int n_warps = (blockDim.x + 31) >> 5;
+  v = (threadIdx.x < n_warps) ? sh[lane] : A(0);
+  if (wid == 0) v = warp_sum(v);
+  __syncthreads();
+  if (threadIdx.x == 0) sh[0] = v;
+  __syncthreads();
+  v = sh[0];
+  __syncthreads();
+  return v;
+}
+
+// t[i] = sum_k W(i, k) x[k], W(i, a*B + b) at (a*M + i)*B + b. One block per row.
+template <typename T, typename X, typename A>
+__global__ void rows_dot(const T* __restrict__ w, const X* __restrict__ x, int64_t Aa, int64_t M,
+                         int64_t B, A* __restrict__ t) {
+  const int64_t i = blockIdx.x;
+  A acc = A(0);
+  for (int64_t a = 0; a < Aa; ++a) {
+    const T* row = w + (a * M + i) * B;
+    const X* xa = x + a * B;
+    for (int64_t b = threadIdx.x; b < B; b += blockDim.x)
+      acc += A(Convert<T>::load(row[b])) * A(Convert<X>::load(xa[b]));
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) t[i] = acc;
+}
+
+// u = t / max(||t||, eps); scalars[0] = max(||t||, eps).
+template <typename T, typename A>
+__global__ void normalize_u(const A* __restrict__ t, int64_t M, double eps, T* __restrict__ u,
+                            A* __restrict__ scalars) {
+  double ss = 0.0;
+  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) ss += double(t[i]) * double(t[i]);
+  ss = block_sum(ss);
+  const double dt = fmax(sqrt(ss), eps);
+  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) u[i] = Convert<T>::store(A(double(t[i]) / dt));
+  if (threadIdx.x == 0) scalars[0] = A(dt);
+}
+
+// s[k] = (W^T t)[k] / scalars[0] = (W^T u)[k]. One thread per column; rows read coalesced.
+template <typename T, typename A>
+__global__ void cols_dot(const T* __restrict__ w, const A* __restrict__ t, int64_t Aa, int64_t M,
+                         int64_t B, const A* __restrict__ scalars, A* __restrict__ s) {
+  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= Aa * B) return;
+  const int64_t a = k / B, b = k - a * B;
+  const T* col = w + a * M * B + b;
+  A acc = A(0);
+  for (int64_t i = 0; i < M; ++i) acc += A(Convert<T>::load(col[i * B])) * t[i];
+  s[k] = acc / scalars[0];
+}
+
+// v = s / max(||s||, eps); sigma = ||s||^2 / max(||s||, eps) (= u^T W v); copies on the last.
+template <typename T, typename A>
+__global__ void finalize_v(const A* __restrict__ s, int64_t K, int64_t M, double eps,
+                           T* __restrict__ v, const T* __restrict__ u, bool last,
+                           T* __restrict__ sigma, T* __restrict__ u_copy, T* __restrict__ v_copy) {
+  double ss = 0.0;
+  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) ss += double(s[k]) * double(s[k]);
+  ss = block_sum(ss);
+  const double nw = sqrt(ss), dw = fmax(nw, eps);
+  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+    const T vk = Convert<T>::store(A(double(s[k]) / dw));
+    v[k] = vk;
+    if (last) v_copy[k] = vk;
+  }
+  if (last) {
+    for (int64_t i = threadIdx.x; i < M; i += blockDim.x) u_copy[i] = u[i];
+    if (threadIdx.x == 0) *sigma = Convert<T>::store(A(nw * nw / dw));
+  }
+}
+
+// scalars[1] = u . t (sigma when t = W v); also written to sigma_out when given.
+template <typename T, typename A>
+__global__ void dot_u(const T* __restrict__ u, const A* __restrict__ t, int64_t M,
+                      A* __restrict__ scalars, T* __restrict__ sigma_out) {
+  double acc = 0.0;
+  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) acc += double(Convert<T>::load(u[i])) * double(t[i]);
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) {
+    scalars[1] = A(acc);
+    if (sigma_out) *sigma_out = Convert<T>::store(A(acc));
+  }
+}
+
+template <typename T, typename A>
+__global__ void scale_kernel(const T* __restrict__ w, int64_t n, const T* __restrict__ sigma,
+                             T* __restrict__ out) {
+  // A multiply by 1/sigma: within an ulp of torch's division, and cheaper.
+  const A r = A(1) / A(Convert<T>::load(*sigma));
+  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
+       j += int64_t(gridDim.x) * blockDim.x)
+    out[j] = Convert<T>::store(A(Convert<T>::load(w[j])) * r);
+}
+
+// partials[block] = sum over the block's grid-stride share of G * W.
+template <typename T, typename A>
+__global__ void grad_dot_partials(const T* __restrict__ g, const T* __restrict__ w, int64_t n,
+                                  A* __restrict__ partials) {
+  A acc = A(0);
+  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
+       j += int64_t(gridDim.x) * blockDim.x)
+    acc += A(Convert<T>::load(g[j])) * A(Convert<T>::load(w[j]));
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+// scalars[2] = <G, W> / sigma^2, scalars[3] = 1 / sigma; sigma from *sigma or scalars[1].
+template <typename T, typename A>
+__global__ void backward_coefficients(const A* __restrict__ partials, int n_partials,
+                                      const T* __restrict__ sigma, A* __restrict__ scalars) {
+  double acc = 0.0;
+  for (int j = threadIdx.x; j < n_partials; j += blockDim.x) acc += double(partials[j]);
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) {
+    const double s = sigma ? double(Convert<T>::load(*sigma)) : double(scalars[1]);
+    scalars[2] = A(acc / (s * s));
+    scalars[3] = A(1.0 / s);
+  }
+}
+
+// out = G / sigma - c * u v^T, elementwise on the (A, M, B) view.
+template <typename T, typename A>
+__global__ void backward_apply(const T* __restrict__ g, const T* __restrict__ u,
+                               const T* __restrict__ v, int64_t M, int64_t B, int64_t n,
+                               const A* __restrict__ scalars, T* __restrict__ out) {
+  const A c = scalars[2], rs = scalars[3];
+  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
+       j += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = j / B, b = j - r * B, a = r / M, i = r - a * M;
+    out[j] = Convert<T>::store(A(Convert<T>::load(g[j])) * rs -
+                               c * A(Convert<T>::load(u[i])) * A(Convert<T>::load(v[a * B + b])));
+  }
+}
+
+int grid_for(int64_t n) {
+  int64_t blocks = (n + kThreads - 1) / kThreads;
+  return int(blocks < 4096 ? (blocks > 0 ? blocks : 1) : 4096);
+}
+
+template <typename T>
+int power_iteration(const void* wp, int64_t Aa, int64_t M, int64_t B, void* up, void* vp,
+                    int64_t n_iter, double eps, void* sigma, void* u_copy, void* v_copy,
+                    void* work, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  const T* w = static_cast<const T*>(wp);
+  T *u = static_cast<T*>(up), *v = static_cast<T*>(vp);
+  const int64_t K = Aa * B;
+  A* ws = static_cast<A*>(work);
+  A *t = Workspace::t(ws), *s = Workspace::s(ws, M), *sc = Workspace::scalars(ws, M, K);
+  for (int64_t it = 0; it < n_iter; ++it) {
+    rows_dot<T, T, A><<<int(M), kThreads, 0, stream>>>(w, v, Aa, M, B, t);
+    normalize_u<T, A><<<1, kSingleBlock, 0, stream>>>(t, M, eps, u, sc);
+    cols_dot<T, A><<<int((K + kThreads - 1) / kThreads), kThreads, 0, stream>>>(w, t, Aa, M, B, sc, s);
+    const bool last = it == n_iter - 1;
+    finalize_v<T, A><<<1, kSingleBlock, 0, stream>>>(s, K, M, eps, v, u, last, static_cast<T*>(sigma),
+                                                     static_cast<T*>(u_copy), static_cast<T*>(v_copy));
+  }
+  return int(cudaGetLastError());
+}
+
+template <typename T>
+void launch_sigma(const T* w, int64_t Aa, int64_t M, int64_t B, const T* u, const T* v, T* sigma,
+                  typename Acc<T>::type* ws, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  const int64_t K = Aa * B;
+  A *t = Workspace::t(ws), *sc = Workspace::scalars(ws, M, K);
+  rows_dot<T, T, A><<<int(M), kThreads, 0, stream>>>(w, v, Aa, M, B, t);
+  dot_u<T, A><<<1, kSingleBlock, 0, stream>>>(u, t, M, sc, sigma);
+}
+
+template <typename T>
+int sigma_of(const void* w, int64_t Aa, int64_t M, int64_t B, const void* u, const void* v,
+             void* sigma, void* work, cudaStream_t stream) {
+  launch_sigma<T>(static_cast<const T*>(w), Aa, M, B, static_cast<const T*>(u),
+                  static_cast<const T*>(v), static_cast<T*>(sigma),
+                  static_cast<typename Acc<T>::type*>(work), stream);
+  return int(cudaGetLastError());
+}
+
+template <typename T>
+int scale(const void* w, int64_t n, const void* sigma, void* out, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  scale_kernel<T, A><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(w), n,
+                                                           static_cast<const T*>(sigma),
+                                                           static_cast<T*>(out));
+  return int(cudaGetLastError());
+}
+
+template <typename T>
+int normalize_backward(const void* gp, const void* wp, int64_t Aa, int64_t M, int64_t B,
+                       const void* up, const void* vp, const void* sigma, void* outp, void* work,
+                       cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  const T *g = static_cast<const T*>(gp), *w = static_cast<const T*>(wp);
+  const T *u = static_cast<const T*>(up), *v = static_cast<const T*>(vp);
+  const int64_t K = Aa * B, n = Aa * M * B;
+  A* ws = static_cast<A*>(work);
+  A *sc = Workspace::scalars(ws, M, K), *partials = Workspace::partials(ws, M, K);
+  if (!sigma) launch_sigma<T>(w, Aa, M, B, u, v, nullptr, ws, stream);  // sigma = u^T W v
+  const int n_partials = grid_for(n) < kMaxPartials ? grid_for(n) : kMaxPartials;
+  grad_dot_partials<T, A><<<n_partials, kThreads, 0, stream>>>(g, w, n, partials);
+  backward_coefficients<T, A><<<1, kSingleBlock, 0, stream>>>(partials, n_partials,
+                                                             static_cast<const T*>(sigma), sc);
+  backward_apply<T, A><<<grid_for(n), kThreads, 0, stream>>>(g, u, v, M, B, n, sc, static_cast<T*>(outp));
+  return int(cudaGetLastError());
+}
+
+}  // namespace
+}  // namespace gankern
+
+using namespace gankern;
+
+#define GK_SN_DISPATCH(dtype, CALL)                  \
+  switch (dtype) {                                   \
+    case kFloat32: { using T = float; return CALL; }       \
+    case kFloat64: { using T = double; return CALL; }      \
+    case kFloat16: { using T = half_bits; return CALL; }   \
+    case kBFloat16: { using T = bf16_bits; return CALL; }  \
+  }                                                  \
+  return -1;
+
+extern "C" int64_t gankern_sn_workspace_elems(int64_t A, int64_t M, int64_t B) {
+  return M + A * B + kScalars + kMaxPartials;
+}
+
+extern "C" int gankern_sn_power_iteration_cuda(int dtype, const void* w, int64_t A, int64_t M,
+                                               int64_t B, void* u, void* v, int64_t n_iter,
+                                               double eps, void* sigma, void* u_copy, void* v_copy,
+                                               void* workspace, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  GK_SN_DISPATCH(dtype, power_iteration<T>(w, A, M, B, u, v, n_iter, eps, sigma, u_copy, v_copy,
+                                           workspace, s))
+}
+
+extern "C" int gankern_sn_sigma_cuda(int dtype, const void* w, int64_t A, int64_t M, int64_t B,
+                                     const void* u, const void* v, void* sigma, void* workspace,
+                                     void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  GK_SN_DISPATCH(dtype, sigma_of<T>(w, A, M, B, u, v, sigma, workspace, s))
+}
+
+extern "C" int gankern_sn_scale_cuda(int dtype, const void* w, int64_t numel, const void* sigma,
+                                     void* out, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  GK_SN_DISPATCH(dtype, scale<T>(w, numel, sigma, out, s))
+}
+
+extern "C" int gankern_sn_normalize_backward_cuda(int dtype, const void* grad, const void* w,
+                                                  int64_t A, int64_t M, int64_t B, const void* u,
+                                                  const void* v, const void* sigma, void* out,
+                                                  void* workspace, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  GK_SN_DISPATCH(dtype, normalize_backward<T>(grad, w, A, M, B, u, v, sigma, out, workspace, s))
+}
