@@ -21,6 +21,18 @@ from gankern.bench import runner
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def pytest_configure(config):
+    # As `gankern bench`: OpenMP threads spinning against other processes on a busy CPU turn
+    # milliseconds into seconds, so a loaded CPU gets one torch thread.
+    import os
+
+    from gankern.bench import machine
+
+    load = machine.load_average()
+    if DEVICE.type == "cpu" and load is not None and load >= (os.cpu_count() or 1):
+        torch.set_num_threads(1)
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("gankern-bench")
     group.addoption("--bench-quick", action="store_true", help="quick-sized cases (as gankern bench --quick)")
@@ -29,6 +41,10 @@ def pytest_addoption(parser):
 
 def pytest_collect_file(file_path, parent):
     # The suites are bench_<op>.py (not test_*.py) so the unit-test run never picks them up.
+    # A file named on the command line is collected by pytest itself; collecting it here too
+    # would run every case twice on the same (stateful) objects.
+    if parent.session.isinitpath(file_path):
+        return None
     if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
