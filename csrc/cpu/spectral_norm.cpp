@@ -17,8 +17,7 @@
 namespace gankern {
 namespace {
 
-// Below this many weight elements the threads cost more than they save.
-constexpr int64_t kParallelElems = 1 << 16;
+constexpr int64_t kParallelElems = kParallelMinElements;  // see common.h
 
 // kLanes independent partial sums: one accumulator would make every add wait for the last
 // (latency-bound at ~1 element per cycle); this keeps the vector units busy.
