@@ -13,24 +13,31 @@ import torch
 from torch import nn
 
 
+# G's hidden activation. ReLU lets G map whole regions of z onto one point (dead units are flat),
+# which is what sharp, well-separated modes need; LeakyReLU never flattens.
+ACTIVATIONS = {"lrelu": lambda: nn.LeakyReLU(0.2), "relu": nn.ReLU}
+
+
 class MLPGenerator(nn.Module):
-    """z (B, z_dim) -> samples (B, *out_shape); LeakyReLU MLP, tanh output when images."""
+    """z (B, z_dim) -> samples (B, *out_shape); MLP (act: lrelu or relu), tanh output for images."""
 
     def __init__(self, z_dim: int = 2, out_shape=(2,), hidden: int = 128, layers: int = 3,
-                 tanh: bool = False):
+                 tanh: bool = False, act: str = "lrelu"):
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
         self.z_dim = z_dim
         self.out_shape = tuple(out_shape)
         dims = [z_dim] + [hidden] * layers
         body = []
         for a, b in zip(dims[:-1], dims[1:]):
-            body += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
+            body += [nn.Linear(a, b), ACTIVATIONS[act]()]
         body.append(nn.Linear(dims[-1], math.prod(self.out_shape)))
         if tanh:
             body.append(nn.Tanh())
         self.net = nn.Sequential(*body)
         self.gankern_spec = {"builder": "mlp_generator", "z_dim": z_dim, "out_shape": list(self.out_shape),
-                             "hidden": hidden, "layers": layers, "tanh": tanh}
+                             "hidden": hidden, "layers": layers, "tanh": tanh, "act": act}
 
     def forward(self, z):
         return self.net(z).reshape(z.shape[0], *self.out_shape)
