@@ -6,12 +6,14 @@ import pytest
 from gankern.cli import main
 
 
-@pytest.mark.parametrize("reg", ["r1", "wgan-gp"])
-def test_demo_tiny(tmp_path, capsys, reg):
+@pytest.mark.parametrize("reg, sn", [("r1", False), ("wgan-gp", False), ("r1", True)])
+def test_demo_tiny(tmp_path, capsys, reg, sn):
     out = tmp_path / "demo.png"
-    assert main(["demo", "--steps", "3", "--reg", reg, "--out", str(out), "--quiet"]) == 0
+    argv = ["demo", "--steps", "3", "--reg", reg, "--out", str(out), "--quiet"] + (["--sn"] if sn else [])
+    assert main(argv) == 0
     text = capsys.readouterr().out
     assert "modes covered" in text and "EMA G" in text and "/8" in text
+    assert ("spectral norm" in text) == sn
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -40,6 +40,7 @@ OPTIONS = {
     "z_dim": (int, 16, "latent size"),
     "hidden": (int, 64, "hidden width of the MLPs"),
     "layers": (int, 3, "hidden layers of the MLPs"),
+    "g_act": (str, None, "G hidden activation: relu or lrelu; default relu for 2-D data, lrelu else"),
     "in_scale": (float, None, "D input scale (Lipschitz bound under SN); default 20 for 2-D data, 1 else"),
     "batch_size": (int, 128, "batch size"),
     "steps": (int, 3000, "total D steps"),
@@ -178,7 +179,10 @@ def build_trainer(opts, data):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda: no CUDA device is available")
     torch.manual_seed(opts["seed"])
-    G = MLPGenerator(opts["z_dim"], shape, opts["hidden"], opts["layers"], tanh=image).to(device)
+    act = opts["g_act"] or ("relu" if shape == (2,) else "lrelu")
+    if act not in ("relu", "lrelu"):
+        raise ConfigError(f"g_act must be relu or lrelu; got {act!r}")
+    G = MLPGenerator(opts["z_dim"], shape, opts["hidden"], opts["layers"], tanh=image, act=act).to(device)
     D = MLPDiscriminator(shape, opts["hidden"], opts["layers"], in_scale=in_scale).to(device)
     amp = {"none": False, "bf16": "bf16", "fp16": "fp16"}.get(opts["amp"])
     if amp is None:
