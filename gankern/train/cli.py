@@ -41,7 +41,7 @@ OPTIONS = {
     "hidden": (int, 64, "hidden width of the MLPs"),
     "layers": (int, 3, "hidden layers of the MLPs"),
     "g_act": (str, None, "G hidden activation: relu or lrelu; default relu for 2-D data, lrelu else"),
-    "in_scale": (float, None, "D input scale (Lipschitz bound under SN); default 20 for 2-D data, 1 else"),
+    "in_scale": (float, None, "D input scale (Lipschitz bound under SN); default 20 for 2-D data with SN, 1 else"),
     "batch_size": (int, 128, "batch size"),
     "steps": (int, 3000, "total D steps"),
     "every": (int, 500, "steps between pictures, metrics lines and checkpoints"),
@@ -174,7 +174,8 @@ def build_trainer(opts, data):
         if opts[dest] < 1:
             raise ConfigError(f"{dest} must be >= 1, got {opts[dest]}")
     image = len(shape) == 3
-    in_scale = opts["in_scale"] if opts["in_scale"] is not None else (20.0 if shape == (2,) else 1.0)
+    # Under SN, D is in_scale-Lipschitz; the ring's 0.02-wide modes need more than 1 (demo.py).
+    in_scale = opts["in_scale"] if opts["in_scale"] is not None else (20.0 if shape == (2,) and opts["sn"] else 1.0)
     device = torch.device(opts["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda: no CUDA device is available")
