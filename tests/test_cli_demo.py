@@ -1,9 +1,15 @@
 """`gankern demo` end to end on tiny settings (the full-length quality run is measured, not
 tested: README "Quality"); one slow-marked smoke test runs the real recipe."""
 
+import os
+
 import pytest
 
 from gankern.cli import main
+
+# The full recipe takes about a minute of CPU time (several on a busy machine): opt in with
+# GANKERN_SLOW=1 (or select it with -m slow) so the default suite stays fast.
+RUN_SLOW = os.environ.get("GANKERN_SLOW") == "1"
 
 
 @pytest.mark.parametrize("reg, sn", [("r1", False), ("wgan-gp", False), ("r1", True)])
@@ -26,8 +32,10 @@ def test_demo_bad_flags(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not RUN_SLOW, reason="full demo recipe; set GANKERN_SLOW=1 to run it")
 def test_demo_full_recipe_covers_the_ring(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo.png"), "--quiet"]) == 0
     text = capsys.readouterr().out
     ema_line = [line for line in text.splitlines() if line.startswith("EMA G")][0]
     assert "8/8" in ema_line
+    assert float(ema_line.split()[-1].rstrip("%")) >= 90.0
