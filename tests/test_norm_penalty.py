@@ -122,8 +122,11 @@ def test_gradcheck_and_gradgradcheck(backend, center):
     def f(x):
         return norm_penalty(x, center, 2.5, impl=backend)
 
-    assert torch.autograd.gradcheck(f, (g,))
-    assert torch.autograd.gradgradcheck(f, (g,))
+    # Interpreted Triton costs ~10 ms a launch: random projections (fast_mode) instead of one
+    # evaluation per element; the native and reference backends are checked in full.
+    fast = backend == "triton"
+    assert torch.autograd.gradcheck(f, (g,), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(f, (g,), fast_mode=fast)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -28,16 +28,18 @@ GK_HD double gk_log1p(double v) { return ::log1p(v); }
 GK_HD float gk_tanh(float v) { return ::tanhf(v); }
 GK_HD double gk_tanh(double v) { return ::tanh(v); }
 
-// f(z), f'(z), f''(z) of one activation. Softplus follows torch (beta 1, linear above 20).
+// f(z), f'(z), f''(z) of one activation, branch-free (selects only) so CPU loops vectorize.
+// Softplus follows torch (beta 1, linear above 20).
 template <int ACT, typename A>
 GK_HD void act_eval(A z, A alpha, A& f, A& d1, A& d2) {
+  const bool pos = z > A(0);
   d2 = A(0);
   if (ACT == kLinear) {
     f = z; d1 = A(1);
   } else if (ACT == kRelu) {
-    f = z > A(0) ? z : A(0); d1 = z > A(0) ? A(1) : A(0);
+    f = pos ? z : A(0); d1 = pos ? A(1) : A(0);
   } else if (ACT == kLrelu) {
-    f = z > A(0) ? z : z * alpha; d1 = z > A(0) ? A(1) : alpha;
+    f = pos ? z : z * alpha; d1 = pos ? A(1) : alpha;
   } else if (ACT == kTanh) {
     const A t = gk_tanh(z);
     f = t; d1 = A(1) - t * t; d2 = A(-2) * t * d1;
@@ -48,36 +50,31 @@ GK_HD void act_eval(A z, A alpha, A& f, A& d1, A& d2) {
     const A s = A(1) / (A(1) + gk_exp(-z)), ds = s * (A(1) - s);
     f = z * s; d1 = s + z * ds; d2 = ds * (A(2) + z * (A(1) - A(2) * s));
   } else if (ACT == kSoftplus) {
-    if (z > A(20)) {
-      f = z; d1 = A(1);
-    } else {
-      const A s = A(1) / (A(1) + gk_exp(-z));
-      f = (z > A(0) ? z : A(0)) + gk_log1p(gk_exp(z > A(0) ? -z : z)); d1 = s; d2 = s * (A(1) - s);
-    }
+    const bool linear = z > A(20);
+    const A s = A(1) / (A(1) + gk_exp(-z));
+    const A sp = (pos ? z : A(0)) + gk_log1p(gk_exp(pos ? -z : z));
+    f = linear ? z : sp; d1 = linear ? A(1) : s; d2 = linear ? A(0) : s * (A(1) - s);
   } else {  // kElu
-    if (z > A(0)) {
-      f = z; d1 = A(1);
-    } else {
-      const A e = gk_exp(z);
-      f = alpha * gk_expm1(z); d1 = alpha * e; d2 = alpha * e;
-    }
+    const A zn = pos ? A(0) : z;
+    const A e = alpha * gk_exp(zn);
+    f = pos ? z : alpha * gk_expm1(zn); d1 = pos ? A(1) : e; d2 = pos ? A(0) : e;
   }
 }
 
-// One element of any mode; `extra` is dy (mode 1) or v * dy (mode 2).
+// One element of any mode; `extra` is dy (mode 1) or v * dy (mode 2). Branch-free.
 template <int ACT, int MODE, typename A>
 GK_HD A bias_act_point(A z, A extra, A alpha, A gain, A clamp, bool has_clamp) {
   A f, d1, d2;
   act_eval<ACT, A>(z, alpha, f, d1, d2);
   const A u = f * gain;
   if (MODE == 0) {
-    if (!has_clamp) return u;
-    return u > clamp ? clamp : (u < -clamp ? -clamp : u);
+    const A c = u > clamp ? clamp : (u < -clamp ? -clamp : u);
+    return has_clamp ? c : u;
   }
   // torch.clamp passes the gradient where -clamp <= u <= clamp (inclusive).
+  const A g = extra * gain * (MODE == 1 ? d1 : d2);
   const bool pass = !has_clamp || (u >= -clamp && u <= clamp);
-  if (!pass) return A(0);
-  return extra * gain * (MODE == 1 ? d1 : d2);
+  return pass ? g : A(0);
 }
 
 int bias_act_cpu(int mode, int act, const void* x, const void* bias, const void* dy, const void* v,

@@ -105,7 +105,8 @@ _bias_act_op.register_autograd(_backward, setup_context=_setup)
 
 def _setup_grad(ctx, inputs, output):
     dy, x, b, act, alpha, gain, clamp, dim, backend = inputs
-    ctx.save_for_backward(dy, x, b)
+    # dy only feeds the act'' term: a piecewise-linear act does not keep it alive.
+    ctx.save_for_backward(None if act in PIECEWISE_LINEAR else dy, x, b)
     ctx.args = (act, alpha, gain, clamp, dim, backend)
 
 

@@ -1,0 +1,137 @@
+"""Gradient-penalty benchmark: one full discriminator step (loss + penalty + backward) for
+WGAN-GP and R1, the step every GP-regularized GAN repeats.
+
+Models: a DCGAN-style 64x64 D (4x4 stride-2 convs 64..512, LeakyReLU 0.2; batch 64) and the
+SNGAN "standard CNN" 32x32 D (Miyato et al. 2018: 3x3/4x4 convs 64..512, LeakyReLU 0.1),
+both plain nn.Sequential as people write them. Compared on identical weights and inputs:
+  torch                the hand-written recipe: autograd.grad(create_graph=True), norm, pow, mean
+  gankern[b]           gk.gradient_penalty(impl=b) with gk.nn.fuse_bias_act(D): fused
+                       bias+activation (first and second order) and the fused norm penalty
+  gankern[b] GP only   gk.gradient_penalty(impl=b) on the unfused D: what the penalty op alone buys
+Each result (every D parameter gradient and the loss) is checked against the same step run
+in float64 before it is timed. fp32 and bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ... import _backend
+from ...nn.bias_act import fuse_bias_act
+from ...ops.norm_penalty import IMPLEMENTED
+from ...testing import rel_error
+from ...train.gradient_penalty import gradient_penalty
+from ..case import Case, Impl
+
+
+def dcgan_d64(ch: int = 64) -> nn.Sequential:
+    c = [3, ch, 2 * ch, 4 * ch, 8 * ch]
+    layers = []
+    for a, b in zip(c[:-1], c[1:]):
+        layers += [nn.Conv2d(a, b, 4, 2, 1), nn.LeakyReLU(0.2)]
+    return nn.Sequential(*layers, nn.Conv2d(c[-1], 1, 4, 1, 0), nn.Flatten())
+
+
+def sngan_cnn_d32() -> nn.Sequential:
+    spec = [(3, 64, 3, 1), (64, 64, 4, 2), (64, 128, 3, 1), (128, 128, 4, 2), (128, 256, 3, 1),
+            (256, 256, 4, 2), (256, 512, 3, 1)]
+    layers = []
+    for cin, cout, k, s in spec:
+        layers += [nn.Conv2d(cin, cout, k, s, 1), nn.LeakyReLU(0.1)]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512 * 4 * 4, 1))
+
+
+def plain_penalty(D, real, fake, kind, alpha):
+    """The recipe as users write it (WGAN-GP paper / Mescheder et al. R1)."""
+    if kind == "wgan-gp":
+        x = (real + alpha.view(-1, 1, 1, 1) * (fake - real)).detach().requires_grad_(True)
+    else:
+        x = real.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+    n = g.flatten(1).norm(2, dim=1)
+    return 10.0 * ((n - 1.0) ** 2).mean() if kind == "wgan-gp" else 5.0 * (n ** 2).mean()
+
+
+def _loss(D, real, fake, kind):
+    if kind == "wgan-gp":
+        return D(fake).mean() - D(real).mean()
+    return F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean()
+
+
+def make_case(name, factory, res, batch, kind, device, autocast, seed=0) -> Case:
+    torch.manual_seed(seed)
+    base = factory().to(device)
+    gen = torch.Generator().manual_seed(seed + 1)
+    real = torch.randn(batch, 3, res, res, generator=gen).to(device)
+    fake = torch.randn(batch, 3, res, res, generator=gen).to(device)
+    alpha = torch.rand(batch, generator=gen).to(device)
+    amp_dtype = torch.bfloat16
+
+    def step(D, penalty):
+        params = list(D.parameters())
+
+        def run():
+            D.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
+                loss = _loss(D, real, fake, kind).float() + penalty(D).float()
+            loss.backward()
+            return [loss.detach()] + [p.grad for p in params]
+        return run
+
+    def torch_penalty(D):
+        return plain_penalty(D, real, fake, kind, alpha)
+
+    def gk_penalty(backend):
+        return lambda D: gradient_penalty(D, real, fake, kind=kind, alpha=alpha if kind == "wgan-gp" else None,
+                                          impl=backend)
+
+    ref = {}
+
+    def reference():
+        if "out" not in ref:
+            D64 = copy.deepcopy(base).double()
+            r64, f64, a64 = real.double(), fake.double(), alpha.double()
+            D64.zero_grad(set_to_none=True)
+            loss = _loss(D64, r64, f64, kind) + plain_penalty(D64, r64, f64, kind, a64)
+            loss.backward()
+            ref["out"] = [loss.detach()] + [p.grad for p in D64.parameters()]
+        return ref["out"]
+
+    def error(out):
+        return rel_error(out, reference())
+
+    impls = [Impl("torch", run=step(copy.deepcopy(base), torch_penalty), is_baseline=True)]
+    for backend in _backend.available(IMPLEMENTED, device):
+        if backend == "reference" or (backend == "triton" and device.type == "cpu"):
+            continue  # the reference is the torch row; interpreted Triton is a test vehicle
+        fused = fuse_bias_act(copy.deepcopy(base), impl=backend)
+        impls.append(Impl(f"gankern[{backend}]", run=step(fused, gk_penalty(backend))))
+        impls.append(Impl(f"gankern[{backend}] GP only", run=step(copy.deepcopy(base), gk_penalty(backend))))
+    label = "bf16 autocast" if autocast else "fp32"
+    return Case(op="gradient_penalty", name=f"{name} D step + {kind}, {label}, batch {batch}", impls=impls,
+                error=error, tolerance=3e-2 if autocast else 1e-4,
+                params={"model": name, "kind": kind, "batch": batch, "resolution": res, "precision": label})
+
+
+def _bf16_autocast_ok(device: torch.device) -> bool:
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            torch.nn.functional.conv2d(torch.randn(1, 1, 3, 3, device=device), torch.randn(1, 1, 1, 1, device=device))
+        return True
+    except Exception:  # noqa: BLE001 - autocast unsupported on this device: fp32 only
+        return False
+
+
+def cases(device: torch.device, quick: bool) -> list[Case]:
+    batch = 8 if quick else 64
+    precisions = [False] + ([True] if _bf16_autocast_ok(device) else [])
+    out = []
+    for autocast in precisions:
+        for kind in ("wgan-gp", "r1"):
+            out.append(make_case("DCGAN-64", dcgan_d64, 64, batch, kind, device, autocast))
+            out.append(make_case("SNGAN-CNN-32", sngan_cnn_d32, 32, batch, kind, device, autocast, seed=5))
+    return out
