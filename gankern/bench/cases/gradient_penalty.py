@@ -113,7 +113,9 @@ def make_case(name, factory, res, batch, kind, device, autocast, seed=0) -> Case
         impls.append(Impl(f"gankern[{backend}] GP only", run=step(copy.deepcopy(base), gk_penalty(backend))))
     label = "bf16 autocast" if autocast else "fp32"
     return Case(op="gradient_penalty", name=f"{name} D step + {kind}, {label}, batch {batch}", impls=impls,
-                error=error, tolerance=3e-2 if autocast else 1e-4,
+                # fp32: plain PyTorch itself lands near 2e-4 on the DCGAN R1 step (five convs'
+                # double backward), so 1e-3 separates rounding from a wrong result.
+                error=error, tolerance=3e-2 if autocast else 1e-3,
                 params={"model": name, "kind": kind, "batch": batch, "resolution": res, "precision": label})
 
 
