@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from .distributed import shard
+
 from .trainer import TrainingDiverged
 
 
@@ -30,16 +32,21 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def batches(trainer, data):
-    """An endless stream of batches of trainer.batch_size from `data` (see GANTrainer.fit)."""
+    """An endless stream of batches of trainer.batch_size from `data` (see GANTrainer.fit).
+
+    Under torch.distributed, batch_size is the global batch: every rank draws it from the same
+    generator and keeps its own slice. An iterable (e.g. a DataLoader) is used as given: shard
+    it yourself (DistributedSampler).
+    """
     B = trainer.batch_size
     if isinstance(data, torch.Tensor):
         if data.shape[0] == 0:
             raise ValueError("data is empty")
         while True:
-            yield data[torch.randint(data.shape[0], (B,), generator=trainer.data_gen)]
+            yield shard(data[torch.randint(data.shape[0], (B,), generator=trainer.data_gen)])
     elif hasattr(data, "sample") and callable(data.sample):
         while True:
-            yield data.sample(B, generator=trainer.data_gen)
+            yield shard(data.sample(B, generator=trainer.data_gen))
     else:
         try:
             iter(data)

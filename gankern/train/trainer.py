@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .distributed import all_reduce_grads_, broadcast_, shard, world
 from .losses import LOSSES, check_loss, d_loss, g_loss, needs_real_scores_for_g
 from .regularizers import (InstanceNoise, as_list, from_config, l2_penalty, lazy_correction,
                            lazy_interval)
@@ -118,6 +119,9 @@ class GANTrainer:
         self.device = params[0].device
         if self.spectral_norm:
             self._apply_spectral_norm()
+        # Under torchrun every rank starts from rank 0's weights (and SN vectors), then stays in
+        # step: gradients are averaged after each backward (distributed.py says why not DDP).
+        broadcast_(G, D)
         self.sample_shape = self._check_models()
 
         self.gen = torch.Generator(device=self.device).manual_seed(self.seed)
@@ -198,7 +202,10 @@ class GANTrainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _z(self, n):
-        return torch.randn(n, self.z_dim, generator=self.gen, device=self.device)
+        # Every rank draws the latents of the global batch and keeps its own slice, so N ranks
+        # with batch B/N each compute what one process computes with batch B.
+        size = world()[1]
+        return shard(torch.randn(n * size, self.z_dim, generator=self.gen, device=self.device))
 
     def _check_real(self, real):
         if not isinstance(real, torch.Tensor):
@@ -223,11 +230,13 @@ class GANTrainer:
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
+            all_reduce_grads_(params)
             norm = _grad_norm(params)
             scaler.step(opt)  # skips the step itself when fp16 gradients overflowed
             scaler.update()
             return float(norm)
         loss.backward()
+        all_reduce_grads_(params)  # no-op in one process
         norm = self._finite(_grad_norm(params), f"{what} gradient norm")
         opt.step()
         return norm
@@ -377,6 +386,8 @@ class GANTrainer:
         if not self.state_is_finite():
             raise TrainingDiverged(f"not saving {path}: the model holds NaN/Inf values "
                                    f"(the previous checkpoint, if any, is kept)")
+        if world()[0] != 0:  # ranks hold identical state; rank 0 writes it
+            return
         ckpt.atomic_save(self.state_dict(), path)
 
     @classmethod
