@@ -7,7 +7,8 @@ from torch import nn
 
 from gankern.train import DRAGAN, GANQP, R1, R2, WGANGP, GANTrainer, InstanceNoise, d_loss, l2_penalty
 from gankern.train.models import MLPDiscriminator, MLPGenerator
-from gankern.train.regularizers import as_list, from_config, lazy_correction, lazy_interval
+from gankern.train.lazy import lazy_optimizer_args
+from gankern.train.regularizers import as_list, from_config, lazy_interval
 
 torch.set_default_dtype(torch.float32)
 
@@ -75,10 +76,10 @@ def test_ganqp_regularizer_turns_wgan_into_gan_qp():
 
 
 def test_lazy_correction_is_stylegan2s():
-    lr, betas = lazy_correction(2e-3, (0.0, 0.99), 16)
+    lr, betas = lazy_optimizer_args(2e-3, (0.0, 0.99), 16)
     c = 16 / 17
     assert lr == pytest.approx(2e-3 * c) and betas == pytest.approx((0.0, 0.99 ** c))
-    assert lazy_correction(2e-3, (0.5, 0.9), 1) == (2e-3, (0.5, 0.9))
+    assert lazy_optimizer_args(2e-3, (0.5, 0.9), 1) == (2e-3, (0.5, 0.9))
     with pytest.raises(ValueError, match="share one interval"):
         lazy_interval([R1(every=4), R2(every=8)])
 

@@ -168,14 +168,6 @@ def lazy_interval(regs: Sequence[Regularizer]) -> int:
     return ks.pop() if ks else 1
 
 
-def lazy_correction(lr: float, betas: tuple[float, float], every: int) -> tuple[float, tuple[float, float]]:
-    """StyleGAN2's correction for a penalty applied every k steps: lr * c, beta ** c, c = k/(k+1)."""
-    if every <= 1:
-        return lr, tuple(betas)
-    c = every / (every + 1)
-    return lr * c, (betas[0] ** c, betas[1] ** c)
-
-
 def l2_penalty(module: nn.Module) -> torch.Tensor:
     """sum of squared parameters (the d_l2 weight penalty of the trainer)."""
     params = [p for p in module.parameters() if p.requires_grad]

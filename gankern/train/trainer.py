@@ -21,7 +21,8 @@ from torch import nn
 from . import checkpoint as ckpt
 from .distributed import all_reduce_grads_, broadcast_, shard, world
 from .losses import LOSSES, check_loss, d_loss, g_loss, needs_real_scores_for_g
-from .regularizers import (InstanceNoise, as_list, from_config, l2_penalty, lazy_correction,
+from .lazy import lazy_optimizer_args
+from .regularizers import (InstanceNoise, as_list, from_config, l2_penalty,
                            lazy_interval)
 
 AMP_MODES = {False: None, None: None, "none": None, True: "bf16", "bf16": "bf16", "fp16": "fp16"}
@@ -127,7 +128,7 @@ class GANTrainer:
         self.gen = torch.Generator(device=self.device).manual_seed(self.seed)
         self.data_gen = torch.Generator().manual_seed(self.seed + 1)
         self.every = lazy_interval(self.regs)
-        d_lr_eff, d_betas = lazy_correction(self.d_lr, self.betas, self.every)
+        d_lr_eff, d_betas = lazy_optimizer_args(self.d_lr, self.betas, self.every)
         self.g_opt = torch.optim.Adam(G.parameters(), lr=self.g_lr, betas=self.betas)
         self.d_opt = torch.optim.Adam(D.parameters(), lr=d_lr_eff, betas=d_betas)
         fp16 = self.amp == "fp16"
