@@ -32,6 +32,9 @@ def atomic_save(obj, path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # full disk, quota, permissions: the old checkpoint is untouched
+        kept = " (the previous checkpoint there is kept)" if os.path.exists(path) else ""
+        raise OSError(e.errno, f"could not write checkpoint {path!r}: {e.strerror or e}{kept}") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
