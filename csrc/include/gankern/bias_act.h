@@ -37,11 +37,12 @@ GK_HD void act_eval(A z, A alpha, A& f, A& d1, A& d2) {
   if (ACT == kLinear) {
     f = z; d1 = A(1);
   } else if (ACT == kRelu) {
-    f = pos ? z : A(0); d1 = pos ? A(1) : A(0);
+    // !(z <= 0) rather than z > 0: NaN takes the first branch and stays NaN, as in torch.
+    f = !(z <= A(0)) ? z : A(0); d1 = pos ? A(1) : A(0);
   } else if (ACT == kLrelu) {
     // max/min instead of a select: GCC keeps `pos ? z : z * alpha` as a branch (mispredicted
     // on random signs, 25x slower); this form is exact for both signs and vectorizes.
-    const A zp = z > A(0) ? z : A(0), zn = z < A(0) ? z : A(0);
+    const A zp = !(z <= A(0)) ? z : A(0), zn = z < A(0) ? z : A(0);  // NaN stays in zp
     f = zp + alpha * zn; d1 = pos ? A(1) : alpha;
   } else if (ACT == kTanh) {
     const A t = gk_tanh(z);

@@ -25,13 +25,33 @@ def _sigmoid(z):
 
 
 @triton.jit
+def _expm1(x):
+    """exp(x) - 1 without cancellation near 0 (Kahan: (u - 1) * x / log(u), u = exp(x)).
+
+    Triton has no portable expm1; exp(x) - 1 loses every digit for |x| below ~1e-7 in fp32,
+    which made tanh(1e-12) come out as 0 instead of 1e-12."""
+    u = tl.exp(x)
+    um1 = u - 1.0
+    # u == 0 (x very negative): log(u) = -inf would turn the exact answer -1 into 0.
+    r = tl.where(u == float("inf"), u, tl.where(u == 0.0, -1.0, um1 * x / tl.log(u)))
+    return tl.where(um1 == 0.0, x, r)
+
+
+@triton.jit
+def _log1p(y):
+    """log(1 + y) for y >= 0 without losing small y (Goldberg: log(u) * y / (u - 1), u = 1 + y)."""
+    u = 1.0 + y
+    return tl.where(u == 1.0, y, tl.log(u) * y / (u - 1.0))
+
+
+@triton.jit
 def _act(z, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
     """act(z) for ORDER 0, act'(z) for 1, act''(z) for 2 (acts as in reference.ACTS)."""
     if ACT == 0:
         r = z if ORDER == 0 else (tl.full(z.shape, 1.0, z.dtype) if ORDER == 1 else tl.zeros_like(z))
     elif ACT == 1:
         if ORDER == 0:
-            r = tl.where(z > 0, z, 0.0)
+            r = tl.where(z <= 0, 0.0, z)  # NaN takes z and stays NaN, as in torch
         elif ORDER == 1:
             r = tl.where(z > 0, 1.0, 0.0)
         else:
@@ -45,8 +65,8 @@ def _act(z, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
             r = tl.zeros_like(z)
     elif ACT == 3:
         # tanh from one exp of -2|z| (no overflow), sign restored.
-        e = tl.exp(-2.0 * tl.abs(z))
-        t = (1.0 - e) / (1.0 + e)
+        em1 = _expm1(-2.0 * tl.abs(z))  # tanh|z| = -expm1(-2|z|) / (2 + expm1(-2|z|))
+        t = -em1 / (2.0 + em1)
         t = tl.where(z < 0, -t, t)
         if ORDER == 0:
             r = t
@@ -74,15 +94,16 @@ def _act(z, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
         s = _sigmoid(z)
         linear = z > 20.0  # torch's softplus threshold
         if ORDER == 0:
-            r = tl.where(linear, z, tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))))
+            r = tl.where(linear, z, tl.maximum(z, 0.0) + _log1p(tl.exp(-tl.abs(z))))
         elif ORDER == 1:
             r = tl.where(linear, 1.0, s)
         else:
             r = tl.where(linear, 0.0, s * (1.0 - s))
     else:
-        e = alpha * tl.exp(tl.minimum(z, 0.0))
+        zn = tl.where(z > 0, 0.0, z)  # not tl.minimum: it would turn NaN into 0
+        e = alpha * tl.exp(zn)
         if ORDER == 0:
-            r = tl.where(z > 0, z, e - alpha)
+            r = tl.where(z > 0, z, alpha * _expm1(zn))
         elif ORDER == 1:
             r = tl.where(z > 0, 1.0, e)
         else:
@@ -107,7 +128,8 @@ def _bias_act_kernel(x_ptr, b_ptr, dy_ptr, v_ptr, out_ptr, consts_ptr, n, C, inn
     if MODE == 0:
         u = _act(z, alpha, ACT, 0) * gain
         if HAS_CLAMP:
-            u = tl.minimum(tl.maximum(u, -clamp), clamp)
+            # min/max return the non-NaN operand: keep NaN a NaN, as torch.clamp does.
+            u = tl.where(u != u, u, tl.minimum(tl.maximum(u, -clamp), clamp))
         out = u
     else:
         g = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(ACC) * gain

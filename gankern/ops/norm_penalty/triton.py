@@ -25,12 +25,15 @@ ELEM_BLOCK = 2048
 def _row_norm_kernel(g_ptr, norms_ptr, N, ACC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = g_ptr + row * N
-    acc = tl.zeros([BLOCK], dtype=ACC)
+    # Squares summed in float64 whatever ACC is: in float32 they under- and overflow for
+    # gradients below ~1e-19 or above ~1e19 (a norm of 1e-30 came out 0), where the CPU kernel
+    # and torch stay exact. The kernel is memory-bound, so the wider adds cost no time.
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        v = tl.load(base + offs, mask=offs < N, other=0.0).to(ACC)
+        v = tl.load(base + offs, mask=offs < N, other=0.0).to(tl.float64)
         acc += v * v
-    tl.store(norms_ptr + row, tl.sqrt(tl.sum(acc, axis=0)))
+    tl.store(norms_ptr + row, tl.sqrt(tl.sum(acc, axis=0)).to(ACC))
 
 
 @triton.jit

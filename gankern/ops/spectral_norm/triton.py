@@ -54,31 +54,34 @@ def _rows_kernel(w_ptr, v_ptr, t_ptr, part_ptr, M, B, K,
 @triton.jit
 def _finalize_kernel(t_ptr, part_ptr, u_ptr, v_ptr, sigma_ptr, uc_ptr, vc_ptr, M, K, n_parts, eps,
                      DTYPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    tt = tl.zeros([BLOCK], dtype=ACC)
+    # The norms accumulate in float64 (one program, so it costs nothing): a float32 sum of
+    # squares overflows for entries above ~1e19 and turned finite weights into NaN, where the
+    # CPU and CUDA kernels (double norms) and torch stay finite.
+    tt = tl.zeros([BLOCK], dtype=tl.float64)
     for m0 in range(0, M, BLOCK):
         ms = m0 + tl.arange(0, BLOCK)
-        t = tl.load(t_ptr + ms, mask=ms < M, other=0.0)
+        t = tl.load(t_ptr + ms, mask=ms < M, other=0.0).to(tl.float64)
         tt += t * t
     dt = tl.maximum(tl.sqrt(tl.sum(tt, axis=0)), eps)
     for m0 in range(0, M, BLOCK):
         ms = m0 + tl.arange(0, BLOCK)
-        u = cast_out(tl.load(t_ptr + ms, mask=ms < M, other=0.0) / dt, DTYPE)
+        u = cast_out(tl.load(t_ptr + ms, mask=ms < M, other=0.0).to(tl.float64) / dt, DTYPE)
         tl.store(u_ptr + ms, u, mask=ms < M)
         tl.store(uc_ptr + ms, u, mask=ms < M)
-    ww = tl.zeros([BLOCK], dtype=ACC)
+    ww = tl.zeros([BLOCK], dtype=tl.float64)
     for k0 in range(0, K, BLOCK):
         ks = k0 + tl.arange(0, BLOCK)
         s = tl.zeros([BLOCK], dtype=ACC)
         for p in range(0, n_parts):
             s += tl.load(part_ptr + p * K + ks, mask=ks < K, other=0.0)
-        w = s / dt  # W^T u
+        w = s.to(tl.float64) / dt  # W^T u
         ww += w * w
-        tl.store(part_ptr + ks, w, mask=ks < K)  # row 0 is this chunk's own: safe to reuse
+        tl.store(part_ptr + ks, w.to(ACC), mask=ks < K)  # row 0 is this chunk's own: safe to reuse
     nw = tl.sqrt(tl.sum(ww, axis=0))
     dw = tl.maximum(nw, eps)
     for k0 in range(0, K, BLOCK):
         ks = k0 + tl.arange(0, BLOCK)
-        v = cast_out(tl.load(part_ptr + ks, mask=ks < K, other=0.0) / dw, DTYPE)
+        v = cast_out(tl.load(part_ptr + ks, mask=ks < K, other=0.0).to(tl.float64) / dw, DTYPE)
         tl.store(v_ptr + ks, v, mask=ks < K)
         tl.store(vc_ptr + ks, v, mask=ks < K)
     tl.store(sigma_ptr, cast_out(nw * nw / dw, DTYPE))
