@@ -23,6 +23,11 @@ export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 export PYTHONPATH="$WORK"
 loaded=$(LD_PRELOAD="$LIBASAN" python -c "import gankern._C as c; print(c.__file__)")
 case "$loaded" in "$WORK"/*) echo "== testing $loaded" ;; *) echo "ASan build not loaded: $loaded" >&2; exit 1 ;; esac
-if [ $# -eq 0 ]; then set -- -q tests -k "cpu and not compile" -p no:cacheprovider; fi
+# Left out: tests that raise a Python exception inside a custom op or autograd's C++ backward on
+# purpose (bad-input checks, costs_nothing), and opcheck, which does so internally. Under an LD_PRELOADed ASan runtime an exception
+# unwinding through torch's C++ dispatcher aborts the interpreter, with no ASan report and no
+# gankern kernel involved. They test Python checks, not kernel memory, and run in the suite.
+SELECT="cpu and not compile and not costs_nothing and not bad and not reject and not raise and not alias and not checks and not opcheck"
+if [ $# -eq 0 ]; then set -- -q tests -k "$SELECT" -p no:cacheprovider; fi
 echo "== pytest under ASan: $*"
 LD_PRELOAD="$LIBASAN" python -m pytest "$@"
