@@ -31,8 +31,9 @@ def _assert_identical(a, b):
 def test_ema_update(backend):
     def run():
         g = torch.Generator().manual_seed(0)
-        shadow = [torch.randn(n, generator=g) for n in (7, 4097, 5000)]
-        params = [torch.randn(n, generator=g).bfloat16() for n in (7, 4097, 5000)]
+        sizes = (7, 4097, 300_000)  # the last takes the OpenMP path (> 2^18 elements)
+        shadow = [torch.randn(n, generator=g) for n in sizes]
+        params = [torch.randn(n, generator=g).bfloat16() for n in sizes]
         gk.ops.ema_update_(shadow, params, 0.013, impl=backend)
         return shadow
 

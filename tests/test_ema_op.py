@@ -50,6 +50,17 @@ def test_300_tensors_and_tensor_weight(backend):
 
 
 @pytest.mark.parametrize("backend", backends_for(IMPLEMENTED))
+def test_large_update_takes_the_threaded_path(backend):
+    # > 2^18 elements: the CPU kernel splits the work over OpenMP threads.
+    shadow = random_like_sizes([300_001, 3], torch.float32, DEVICE, seed=11)
+    params = random_like_sizes([300_001, 3], torch.bfloat16, DEVICE, seed=12)
+    ref64 = ema_update_float64(shadow, params, 0.3)
+    gk.ops.ema_update_(shadow, params, 0.3, impl=backend)
+    for out, ref in zip(shadow, ref64):
+        assert_close_to_reference(out, ref, torch.float32)
+
+
+@pytest.mark.parametrize("backend", backends_for(IMPLEMENTED))
 def test_weight_zero_and_one_are_exact(backend):
     shadow = random_like_sizes([7, 4097], torch.float32, DEVICE, seed=5)
     params = random_like_sizes([7, 4097], torch.float32, DEVICE, seed=6)
