@@ -83,6 +83,19 @@ def _kind(device: torch.device) -> str:
     return device.type
 
 
+def _launch(name: str, device: torch.device, args: tuple, workspace=None) -> None:
+    """C.<name>_cpu(*args) on the CPU; on CUDA C.<name>_cuda(*args[, workspace], stream) on the
+    current stream of `device`. workspace: a callable making the scratch tensor (allocated
+    inside the device guard; the caching allocator keeps it stream-ordered after return)."""
+    C = _require(_kind(device))
+    if device.type == "cpu":
+        getattr(C, f"{name}_cpu")(*args)
+        return
+    with torch.cuda.device(device):
+        extra = (workspace().data_ptr(),) if workspace is not None else ()
+        getattr(C, f"{name}_cuda")(*args, *extra, _stream(device))
+
+
 # ----------------------------------------------------------------------------------------------
 # EMA
 # ----------------------------------------------------------------------------------------------
@@ -179,8 +192,7 @@ class EmaPlan:
 def _ema_launch(device: torch.device, groups, weight) -> None:
     if not groups:
         return
-    kind = _kind(device)
-    C = _require(kind)
+    _require(_kind(device))
     weight_value, weight_ptr = 0.0, 0
     if isinstance(weight, torch.Tensor):
         if weight.device != device:
@@ -190,11 +202,7 @@ def _ema_launch(device: torch.device, groups, weight) -> None:
     else:
         weight_value = float(weight)
     for (sd, pd), (sp, pp, numel) in groups:
-        if kind == "cpu":
-            C.ema_update_cpu(sp, pp, numel, sd, pd, weight_value, weight_ptr)
-        else:
-            with torch.cuda.device(device):
-                C.ema_update_cuda(sp, pp, numel, sd, pd, weight_value, weight_ptr, _stream(device))
+        _launch("ema_update", device, (sp, pp, numel, sd, pd, weight_value, weight_ptr))
 
 
 def ema_update_(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], weight) -> None:
@@ -233,18 +241,13 @@ def _check_vec(t: torch.Tensor, name: str, shape: tuple, dtype: torch.dtype, dev
 
 def norm_penalty(grads: torch.Tensor, center: float, weight: float):
     b, n = _check_rows(grads)
-    kind = _kind(grads.device)
-    C = _require(kind)
+    _require(_kind(grads.device))
     acc = _acc_of(grads.dtype)
     norms = torch.empty(b, dtype=acc, device=grads.device)
     penalty = torch.empty((), dtype=acc, device=grads.device)
     args = (grads.data_ptr(), norms.data_ptr(), penalty.data_ptr(), b, n, DTYPE_CODES[grads.dtype],
             float(center), float(weight))
-    if kind == "cpu":
-        C.norm_penalty_cpu(*args)
-    else:
-        with torch.cuda.device(grads.device):
-            C.norm_penalty_cuda(*args, _stream(grads.device))
+    _launch("norm_penalty", grads.device, args)
     return penalty, norms
 
 
@@ -255,16 +258,11 @@ def norm_penalty_backward(grad_penalty: torch.Tensor, grad_norms: torch.Tensor, 
     _check_vec(grad_penalty, "grad_penalty", (), acc, grads.device)
     _check_vec(grad_norms, "grad_norms", (b,), acc, grads.device)
     _check_vec(norms, "norms", (b,), acc, grads.device)
-    kind = _kind(grads.device)
-    C = _require(kind)
+    _require(_kind(grads.device))
     out = torch.empty_like(grads)  # same dense layout as grads, so rows line up
     args = (grad_penalty.data_ptr(), grad_norms.data_ptr(), grads.data_ptr(), norms.data_ptr(),
             out.data_ptr(), b, n, DTYPE_CODES[grads.dtype], float(center), float(weight))
-    if kind == "cpu":
-        C.norm_penalty_backward_cpu(*args)
-    else:
-        with torch.cuda.device(grads.device):
-            C.norm_penalty_backward_cuda(*args, _stream(grads.device))
+    _launch("norm_penalty_backward", grads.device, args)
     return out
 
 
@@ -310,34 +308,22 @@ def sn_power_iteration_(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, 
     """u, v updated in place; returns (sigma, copy of u, copy of v)."""
     a, m, b = sn_check(weight, u, v, dim)
     check_no_overlap([u, v], [weight], "u/v", "weight")
-    kind = _kind(weight.device)
-    C = _require(kind)
+    _require(_kind(weight.device))
     sigma = torch.empty((), dtype=weight.dtype, device=weight.device)
     u_copy, v_copy = torch.empty_like(u), torch.empty_like(v)
     args = (DTYPE_CODES[weight.dtype], weight.data_ptr(), a, m, b, u.data_ptr(), v.data_ptr(),
             int(n_iter), float(eps), sigma.data_ptr(), u_copy.data_ptr(), v_copy.data_ptr())
-    if kind == "cpu":
-        C.sn_power_iteration_cpu(*args)
-    else:
-        with torch.cuda.device(weight.device):
-            work = _sn_workspace(weight, a, m, b)
-            C.sn_power_iteration_cuda(*args, work.data_ptr(), _stream(weight.device))
+    _launch("sn_power_iteration", weight.device, args, workspace=lambda: _sn_workspace(weight, a, m, b))
     return sigma, u_copy, v_copy
 
 
 def sn_sigma(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
     a, m, b = sn_check(weight, u, v, dim)
-    kind = _kind(weight.device)
-    C = _require(kind)
+    _require(_kind(weight.device))
     sigma = torch.empty((), dtype=weight.dtype, device=weight.device)
     args = (DTYPE_CODES[weight.dtype], weight.data_ptr(), a, m, b, u.data_ptr(), v.data_ptr(),
             sigma.data_ptr())
-    if kind == "cpu":
-        C.sn_sigma_cpu(*args)
-    else:
-        with torch.cuda.device(weight.device):
-            work = _sn_workspace(weight, a, m, b)
-            C.sn_sigma_cuda(*args, work.data_ptr(), _stream(weight.device))
+    _launch("sn_sigma", weight.device, args, workspace=lambda: _sn_workspace(weight, a, m, b))
     return sigma
 
 
@@ -347,15 +333,10 @@ def sn_scale(weight: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     if not weight.is_contiguous():
         raise ValueError(f"weight must be contiguous, got strides {weight.stride()}")
     check_tensor(sigma, "sigma", dtypes=(weight.dtype,), device=weight.device, ndim=0)
-    kind = _kind(weight.device)
-    C = _require(kind)
+    _require(_kind(weight.device))
     out = torch.empty_like(weight)
     args = (DTYPE_CODES[weight.dtype], weight.data_ptr(), weight.numel(), sigma.data_ptr(), out.data_ptr())
-    if kind == "cpu":
-        C.sn_scale_cpu(*args)
-    else:
-        with torch.cuda.device(weight.device):
-            C.sn_scale_cuda(*args, _stream(weight.device))
+    _launch("sn_scale", weight.device, args)
     return out
 
 
@@ -363,17 +344,11 @@ def sn_normalize_backward(grad: torch.Tensor, weight: torch.Tensor, u: torch.Ten
                           sigma: torch.Tensor | None, dim: int) -> torch.Tensor:
     """grad/sigma - (<grad, weight>/sigma^2) u v^T; sigma None: u^T W v, computed here."""
     a, m, b = sn_check(weight, u, v, dim, grad=grad, sigma=sigma)
-    kind = _kind(weight.device)
-    C = _require(kind)
+    _require(_kind(weight.device))
     out = torch.empty_like(weight)
     args = (DTYPE_CODES[weight.dtype], grad.data_ptr(), weight.data_ptr(), a, m, b, u.data_ptr(),
             v.data_ptr(), 0 if sigma is None else sigma.data_ptr(), out.data_ptr())
-    if kind == "cpu":
-        C.sn_normalize_backward_cpu(*args)
-    else:
-        with torch.cuda.device(weight.device):
-            work = _sn_workspace(weight, a, m, b)
-            C.sn_normalize_backward_cuda(*args, work.data_ptr(), _stream(weight.device))
+    _launch("sn_normalize_backward", weight.device, args, workspace=lambda: _sn_workspace(weight, a, m, b))
     return out
 
 
@@ -401,8 +376,7 @@ def bias_act(mode: int, act: int, x: torch.Tensor, b, dy, v, alpha: float, gain:
         if x.numel() and (x.numel() % (channels * inner) or channels * inner > x.numel()):
             raise ValueError(f"b of {channels} channels with inner stride {inner} does not tile x of "
                              f"shape {tuple(x.shape)}")
-    kind = _kind(x.device)
-    C = _require(kind)
+    _require(_kind(x.device))
     out = torch.empty_like(x)
     if x.numel() == 0:
         return out
@@ -410,9 +384,5 @@ def bias_act(mode: int, act: int, x: torch.Tensor, b, dy, v, alpha: float, gain:
             0 if v is None else v.data_ptr(), out.data_ptr(), x.numel(), channels, inner,
             DTYPE_CODES[x.dtype], float(alpha), float(gain), 0.0 if clamp is None else float(clamp),
             clamp is not None)
-    if kind == "cpu":
-        C.bias_act_cpu(*args)
-    else:
-        with torch.cuda.device(x.device):
-            C.bias_act_cuda(*args, _stream(x.device))
+    _launch("bias_act", x.device, args)
     return out
