@@ -30,9 +30,7 @@ def _triton():
 
 
 # -- power iteration ---------------------------------------------------------------------------
-@torch.library.custom_op("gankern::sn_power_iteration_", mutates_args=("u", "v"))
-def _power_iteration_op(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, n_iter: int,
-                        eps: float, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _power_iteration_impl(weight, u, v, dim, n_iter, eps, backend):
     if backend == "reference":
         w_mat = to_matrix(weight, dim)
         power_iteration_reference_(w_mat, u, v, n_iter, eps)
@@ -43,19 +41,29 @@ def _power_iteration_op(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, 
     return _native.sn_power_iteration_(weight, u, v, dim, n_iter, eps)
 
 
+@torch.library.custom_op("gankern::sn_power_iteration_", mutates_args=("u", "v"))
+def _power_iteration_op(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, n_iter: int,
+                        eps: float, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _power_iteration_impl(weight, u, v, dim, n_iter, eps, backend)
+
+
 @_power_iteration_op.register_fake
 def _(weight, u, v, dim, n_iter, eps, backend):
     return weight.new_empty(()), torch.empty_like(u), torch.empty_like(v)
 
 
 # -- sigma (eval: no power iteration) ----------------------------------------------------------
-@torch.library.custom_op("gankern::sn_sigma", mutates_args=())
-def _sigma_op(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, backend: str) -> torch.Tensor:
+def _sigma_impl(weight, u, v, dim, backend):
     if backend == "reference":
         return sigma_reference(to_matrix(weight, dim), u, v)
     if backend == "triton":
         return _triton().sigma(weight, u, v, dim)
     return _native.sn_sigma(weight, u, v, dim)
+
+
+@torch.library.custom_op("gankern::sn_sigma", mutates_args=())
+def _sigma_op(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int, backend: str) -> torch.Tensor:
+    return _sigma_impl(weight, u, v, dim, backend)
 
 
 @_sigma_op.register_fake
@@ -143,16 +151,30 @@ _normalize_backward_op.register_autograd(_backward_backward, setup_context=_back
 
 
 # -- the calls gankern.nn.spectral_norm makes --------------------------------------------------
+# Outside torch.compile, the two ops without gradients skip the custom-op machinery (argument
+# defaults, the dynamo-disable wrapper, the dispatcher): measured 268 us per power iteration of
+# a 128x1152 layer through the op vs 96 us calling the same implementation, while the kernel
+# itself takes ~55 us. Under torch.compile the custom ops stay, so graphs see them.
 def power_iteration_(weight, u, v, dim: int, n_iter: int, eps: float, backend: str):
     """n_iter power iterations on u, v in place (no grad); returns (sigma, u copy, v copy)."""
     with torch.no_grad():
-        return _power_iteration_op(weight.detach().contiguous(), u, v, dim, n_iter, float(eps), backend)
+        w = weight.detach().contiguous()
+        if torch.compiler.is_compiling():
+            return _power_iteration_op(w, u, v, dim, n_iter, float(eps), backend)
+        out = _power_iteration_impl(w, u, v, dim, n_iter, float(eps), backend)
+        # What the custom op does for mutated arguments: the eval cache and autograd's
+        # in-place checks read these counters, and the kernels write through raw pointers.
+        torch.autograd.graph.increment_version((u, v))
+        return out
 
 
 def sigma(weight, u, v, dim: int, backend: str) -> torch.Tensor:
     """u^T W v (no grad)."""
     with torch.no_grad():
-        return _sigma_op(weight.detach().contiguous(), u, v, dim, backend)
+        w = weight.detach().contiguous()
+        if torch.compiler.is_compiling():
+            return _sigma_op(w, u, v, dim, backend)
+        return _sigma_impl(w, u, v, dim, backend)
 
 
 def normalize(weight, u, v, sigma: Optional[torch.Tensor], dim: int, backend: str) -> torch.Tensor:
