@@ -169,13 +169,7 @@ class EmaPlan:
 
     def _build(self):
         self.ptrs = self._pointers()
-        groups: dict = {}
-        for s, p, sp, pp in zip(self.shadow, self.params, *self.ptrs):
-            g = groups.setdefault((DTYPE_CODES[s.dtype], DTYPE_CODES[p.dtype]), ([], [], []))
-            g[0].append(sp)
-            g[1].append(pp)
-            g[2].append(s.numel())
-        self.groups = list(groups.items())
+        self.groups = _ema_groups(self.shadow, self.params, *self.ptrs)
 
     def revalidate_if_moved(self) -> None:
         if self._pointers() != self.ptrs:
@@ -187,6 +181,18 @@ class EmaPlan:
         self.revalidate_if_moved()
         _check_ema_weight(weight, self.shadow)
         _ema_launch(self.device, self.groups, weight)
+
+
+def _ema_groups(shadow, params, shadow_ptrs, param_ptrs) -> list:
+    """[((shadow dtype code, param dtype code), (shadow ptrs, param ptrs, sizes)), ...]: one
+    native call per group."""
+    groups: dict = {}
+    for s, p, sp, pp in zip(shadow, params, shadow_ptrs, param_ptrs):
+        g = groups.setdefault((DTYPE_CODES[s.dtype], DTYPE_CODES[p.dtype]), ([], [], []))
+        g[0].append(sp)
+        g[1].append(pp)
+        g[2].append(s.numel())
+    return list(groups.items())
 
 
 def _ema_launch(device: torch.device, groups, weight) -> None:
@@ -207,10 +213,9 @@ def _ema_launch(device: torch.device, groups, weight) -> None:
 
 def ema_update_(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], weight) -> None:
     """shadow[i] = lerp(shadow[i], params[i], weight) with one native call per dtype pair."""
-    if not shadow:
-        check_ema_args(shadow, params, weight)
-        return
-    EmaPlan(shadow, params).run(weight)
+    device = check_ema_args(shadow, params, weight)
+    groups = _ema_groups(shadow, params, [s.data_ptr() for s in shadow], [p.data_ptr() for p in params])
+    _ema_launch(device, groups, weight)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,22 +20,11 @@ COMMANDS = {
 }
 
 
-def _load(name):
-    try:
-        return importlib.import_module(COMMANDS[name][0])
-    except ModuleNotFoundError as e:
-        if e.name and (COMMANDS[name][0] + ".").startswith(e.name + "."):  # not written yet
-            return None
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gankern", description="Fused GPU kernels for GAN training.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
-        module = _load(name)
-        if module is None:
-            continue
+        module = importlib.import_module(COMMANDS[name][0])
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         module.configure(p)
         p.set_defaults(_module=module)

@@ -144,10 +144,8 @@ class GANTrainer:
 
     # -- setup -------------------------------------------------------------------------------
     def _apply_spectral_norm(self):
-        try:
-            from ..nn import spectral_norm
-        except ImportError as e:
-            raise ValueError(f"spectral_norm=True needs gk.spectral_norm, which is not available: {e}") from e
+        from ..nn import spectral_norm
+
         targets = [m for m in self.D.modules()
                    if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d))
                    and not hasattr(m, "parametrizations")]
