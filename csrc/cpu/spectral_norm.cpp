@@ -17,7 +17,7 @@
 namespace gankern {
 namespace {
 
-constexpr int64_t kParallelElems = kParallelMinElements;  // see common.h
+constexpr int64_t kParallelElems = int64_t(1) << 15;
 
 // kLanes independent partial sums: one accumulator would make every add wait for the last
 // (latency-bound at ~1 element per cycle); this keeps the vector units busy.
