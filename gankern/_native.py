@@ -357,6 +357,67 @@ def sn_normalize_backward(grad: torch.Tensor, weight: torch.Tensor, u: torch.Ten
     return out
 
 
+def _sn_key(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple:
+    return tuple((t.shape, t.stride(), t.dtype, t.device, t.data_ptr()) for t in (weight, u, v))
+
+
+class SnPlan:
+    """A validated spectral norm of one layer, for the training step that runs it every call.
+
+    sn_check and the overlap check (about 10 us on a small CPU, more than the kernels of a
+    small layer) run once; each call re-reads the shapes, strides, dtypes and data pointers of
+    weight, u and v and revalidates from scratch if any changed (model.to(), a new buffer, ...).
+    """
+
+    def __init__(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int):
+        self.dim = dim
+        self._validate(weight, u, v)
+
+    def _validate(self, weight, u, v) -> None:
+        self.a, self.m, self.b = sn_check(weight, u, v, self.dim)
+        check_no_overlap([u, v], [weight], "u/v", "weight")
+        _require(_kind(weight.device))
+        self.code = DTYPE_CODES[weight.dtype]
+        self.key = _sn_key(weight, u, v)
+
+    def revalidate_if_changed(self, weight, u, v) -> None:
+        if _sn_key(weight, u, v) != self.key:
+            self._validate(weight, u, v)
+
+    def train_forward(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_iter: int,
+                      eps: float):
+        """n_iter power iterations on u, v in place, then W / sigma, in two launches.
+        Returns (W / sigma, sigma, copy of u, copy of v)."""
+        self.revalidate_if_changed(weight, u, v)
+        a, m, b = self.a, self.m, self.b
+        sigma = torch.empty((), dtype=weight.dtype, device=weight.device)
+        u_copy, v_copy = torch.empty_like(u), torch.empty_like(v)
+        out = torch.empty_like(weight)
+        w_ptr, s_ptr = weight.data_ptr(), sigma.data_ptr()
+        _launch("sn_power_iteration", weight.device,
+                (self.code, w_ptr, a, m, b, u.data_ptr(), v.data_ptr(), int(n_iter), float(eps), s_ptr,
+                 u_copy.data_ptr(), v_copy.data_ptr()),
+                workspace=lambda: _sn_workspace(weight, a, m, b))
+        _launch("sn_scale", weight.device, (self.code, w_ptr, weight.numel(), s_ptr, out.data_ptr()))
+        return out, sigma, u_copy, v_copy
+
+    def backward(self, grad: torch.Tensor, weight: torch.Tensor, u_copy: torch.Tensor,
+                 v_copy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """grad/sigma - (<grad, weight>/sigma^2) u v^T for the tensors train_forward returned."""
+        if _sn_key(weight, u_copy, v_copy)[0] != self.key[0]:
+            raise ValueError("weight changed shape, layout or storage between forward and backward")
+        check_tensor(grad, "grad", dtypes=(weight.dtype,), device=weight.device)
+        if grad.shape != weight.shape or not grad.is_contiguous():
+            raise ValueError(f"grad must be contiguous with shape {tuple(weight.shape)}, got {tuple(grad.shape)}")
+        a, m, b = self.a, self.m, self.b
+        out = torch.empty_like(weight)
+        _launch("sn_normalize_backward", weight.device,
+                (self.code, grad.data_ptr(), weight.data_ptr(), a, m, b, u_copy.data_ptr(),
+                 v_copy.data_ptr(), sigma.data_ptr(), out.data_ptr()),
+                workspace=lambda: _sn_workspace(weight, a, m, b))
+        return out
+
+
 # ----------------------------------------------------------------------------------------------
 # bias_act (gp)
 # ----------------------------------------------------------------------------------------------

@@ -225,3 +225,44 @@ def test_zero_dim_weight_raises():
         gk.spectral_norm(m)
     with pytest.raises(TypeError, match="module"):
         gk.spectral_norm("not a module")
+
+
+NATIVE = [b for b in BACKENDS if b in ("cpu", "cuda")]
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_training_plan_follows_dtype_and_buffer_changes(backend):
+    # The native training forward validates once (a plan); .to(dtype), a replaced buffer or a
+    # replaced weight must revalidate it, never reuse stale sizes or pointers.
+    a, b = make_pair("conv2d", torch.float32, 1, backend)
+    x = inputs_for("conv2d", torch.float32, 0)
+    assert rel_error(b(x), a(x)) <= TOL[torch.float32]
+    a.double()
+    b.double()
+    x = x.double()
+    assert rel_error(b(x), a(x)) <= TOL[torch.float32]
+    u = torch.nn.functional.normalize(torch.randn(5, dtype=torch.float64), dim=0)
+    for m in (a, b):
+        m.parametrizations.weight[0]._u = u.clone()
+    assert rel_error(b(x), a(x)) <= TOL[torch.float32]
+    with torch.no_grad():
+        for m in (a, b):
+            m.parametrizations.weight.original = nn.Parameter(m.parametrizations.weight.original[:3].clone())
+            m.parametrizations.weight[0]._u = u[:3].clone()
+    assert rel_error(b.weight, a.weight) <= TOL[torch.float32]
+    check_state(a, b, TOL[torch.float32], "after the replaced weight")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_double_backward_through_training_forward(backend):
+    # create_graph=True through a training forward (a penalty on weight gradients): the second
+    # order runs through the differentiable backward op and equals torch's.
+    a, b = make_pair("linear", torch.float64, 1, backend)
+    x = inputs_for("linear", torch.float64, 0)
+    for m in (a, b):
+        w = m.parametrizations.weight.original
+        (g,) = torch.autograd.grad(m(x).square().sum(), w, create_graph=True)
+        g.square().sum().backward()
+    check_state(a, b, TOL[torch.float64], "after the double backward")
+    assert rel_error(b.parametrizations.weight.original.grad,
+                     a.parametrizations.weight.original.grad) <= 1e-10

@@ -79,6 +79,7 @@ class SpectralNorm(nn.Module):
         # Resolve now so an unavailable explicit impl fails at registration, not mid-training.
         _backend.resolve(impl, weight.device, sn_ops.IMPLEMENTED, op="spectral_norm")
         self._cache: tuple | None = None
+        self._plan = None  # _native.SnPlan of the training forward, made on first use
         if ndim > 1:
             self.n_power_iterations = n_power_iterations
             weight_mat = to_matrix(weight, self.dim)
@@ -96,7 +97,7 @@ class SpectralNorm(nn.Module):
         """A parametrization around existing u/v buffers (kept, not copied): no RNG, no warm-up."""
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self.dim, self.eps, self.impl, self._cache = dim, eps, impl, None
+        self.dim, self.eps, self.impl, self._cache, self._plan = dim, eps, impl, None, None
         if u is not None:
             self.n_power_iterations = n_power_iterations
             self.register_buffer("_u", u)
@@ -130,8 +131,13 @@ class SpectralNorm(nn.Module):
                                            self.n_power_iterations, self.eps, self.training)
         if self.training:
             self._cache = None
-            sigma, u, v = self._power_method(weight, self.n_power_iterations)
-            return sn_ops.normalize(weight, u, v, sigma, self.dim, backend)
+            plan = None
+            if backend in ("cpu", "cuda") and not torch.compiler.is_compiling():
+                if self._plan is None:
+                    self._plan = sn_ops.native_plan(weight, self._u, self._v, self.dim)
+                plan = self._plan
+            return sn_ops.train_forward(weight, self._u, self._v, self.dim, self.n_power_iterations,
+                                        self.eps, backend, plan)
         return self._eval_forward(weight, backend)
 
     def _eval_forward(self, weight: torch.Tensor, backend: str) -> torch.Tensor:
@@ -167,13 +173,14 @@ class SpectralNorm(nn.Module):
         return f"dim={self.dim}, n_power_iterations={n}, eps={self.eps}, impl={self.impl!r}"
 
     def __deepcopy__(self, memo):
-        # The eval cache is keyed on this module's storage; a copy (an EMA of D) starts without it.
+        # The eval cache and the plan are keyed on this module's storage; a copy (an EMA of D)
+        # starts without them.
         import copy
 
         replica = self.__class__.__new__(self.__class__)
         memo[id(self)] = replica
         for k, val in self.__dict__.items():
-            replica.__dict__[k] = None if k == "_cache" else copy.deepcopy(val, memo)
+            replica.__dict__[k] = None if k in ("_cache", "_plan") else copy.deepcopy(val, memo)
         return replica
 
 

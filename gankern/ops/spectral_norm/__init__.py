@@ -206,6 +206,47 @@ class _EagerNormalize(torch.autograd.Function):
         return d_weight, None, None, None, None, None
 
 
+class _EagerTrainForward(torch.autograd.Function):
+    """A training forward on the native backends outside torch.compile: the power iteration
+    and W / sigma through one validated plan (_native.SnPlan), the fused backward through it
+    too. u and v ride in a non-tensor tuple: they are updated in place and get no gradient."""
+
+    @staticmethod
+    def forward(ctx, weight, plan, state):
+        u, v, n_iter, eps, backend = state
+        out, sigma, u_copy, v_copy = plan.train_forward(weight, u, v, n_iter, eps)
+        ctx.plan, ctx.backend = plan, backend
+        ctx.save_for_backward(weight, u_copy, v_copy, sigma)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, u, v, sigma = ctx.saved_tensors
+        grad = grad.contiguous()
+        if torch.is_grad_enabled():  # create_graph=True: the differentiable op
+            d_weight = _normalize_backward_op(grad, weight, u, v, sigma, ctx.plan.dim, ctx.backend)
+        else:
+            d_weight = ctx.plan.backward(grad, weight, u, v, sigma)
+        return d_weight, None, None
+
+
+def native_plan(weight, u, v, dim: int):
+    """A validated plan for train_forward (cpu and cuda backends)."""
+    return _native.SnPlan(weight.detach().contiguous(), u, v, dim)
+
+
+def train_forward(weight, u, v, dim: int, n_iter: int, eps: float, backend: str, plan=None):
+    """The training forward of a spectrally normalized weight: n_iter power iterations on u, v
+    in place (no grad), then W / sigma with the fused backward. `plan` (from native_plan) lets
+    the cpu and cuda backends skip the per-call checks outside torch.compile."""
+    if plan is None or torch.compiler.is_compiling():
+        sigma, u_copy, v_copy = power_iteration_(weight, u, v, dim, n_iter, eps, backend)
+        return normalize(weight, u_copy, v_copy, sigma, dim, backend)
+    out = _EagerTrainForward.apply(weight.contiguous(), plan, (u, v, n_iter, float(eps), backend))
+    torch.autograd.graph.increment_version((u, v))  # as power_iteration_: written through pointers
+    return out
+
+
 def normalize(weight, u, v, sigma: Optional[torch.Tensor], dim: int, backend: str) -> torch.Tensor:
     """W / sigma with the fused backward; sigma None: u^T W v computed inside."""
     weight = weight.contiguous()
@@ -214,4 +255,5 @@ def normalize(weight, u, v, sigma: Optional[torch.Tensor], dim: int, backend: st
     return _EagerNormalize.apply(weight, u, v, sigma, dim, backend)
 
 
-__all__ = ["IMPLEMENTED", "matrix_dims", "normalize", "power_iteration_", "sigma"]
+__all__ = ["IMPLEMENTED", "matrix_dims", "native_plan", "normalize", "power_iteration_", "sigma",
+           "train_forward"]
