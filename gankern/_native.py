@@ -358,7 +358,9 @@ def sn_normalize_backward(grad: torch.Tensor, weight: torch.Tensor, u: torch.Ten
 
 
 def _sn_key(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple:
-    return tuple((t.shape, t.stride(), t.dtype, t.device, t.data_ptr()) for t in (weight, u, v))
+    return (weight.shape, weight.stride(), weight.dtype, weight.device, weight.data_ptr(),
+            u.shape, u.stride(), u.dtype, u.device, u.data_ptr(),
+            v.shape, v.stride(), v.dtype, v.device, v.data_ptr())
 
 
 class SnPlan:
@@ -367,6 +369,7 @@ class SnPlan:
     sn_check and the overlap check (about 10 us on a small CPU, more than the kernels of a
     small layer) run once; each call re-reads the shapes, strides, dtypes and data pointers of
     weight, u and v and revalidates from scratch if any changed (model.to(), a new buffer, ...).
+    On the CPU the launchers are bound once too: a small layer's whole step is overhead.
     """
 
     def __init__(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int):
@@ -376,45 +379,55 @@ class SnPlan:
     def _validate(self, weight, u, v) -> None:
         self.a, self.m, self.b = sn_check(weight, u, v, self.dim)
         check_no_overlap([u, v], [weight], "u/v", "weight")
-        _require(_kind(weight.device))
+        C = _require(_kind(weight.device))
         self.code = DTYPE_CODES[weight.dtype]
         self.key = _sn_key(weight, u, v)
-
-    def revalidate_if_changed(self, weight, u, v) -> None:
-        if _sn_key(weight, u, v) != self.key:
-            self._validate(weight, u, v)
+        self.cpu = weight.device.type == "cpu"
+        if self.cpu:
+            self._pi, self._scale = C.sn_power_iteration_cpu, C.sn_scale_cpu
+            self._backward = C.sn_normalize_backward_cpu
 
     def train_forward(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_iter: int,
                       eps: float):
         """n_iter power iterations on u, v in place, then W / sigma, in two launches.
         Returns (W / sigma, sigma, copy of u, copy of v)."""
-        self.revalidate_if_changed(weight, u, v)
+        if _sn_key(weight, u, v) != self.key:
+            self._validate(weight, u, v)
         a, m, b = self.a, self.m, self.b
         sigma = torch.empty((), dtype=weight.dtype, device=weight.device)
         u_copy, v_copy = torch.empty_like(u), torch.empty_like(v)
         out = torch.empty_like(weight)
-        w_ptr, s_ptr = weight.data_ptr(), sigma.data_ptr()
-        _launch("sn_power_iteration", weight.device,
-                (self.code, w_ptr, a, m, b, u.data_ptr(), v.data_ptr(), int(n_iter), float(eps), s_ptr,
-                 u_copy.data_ptr(), v_copy.data_ptr()),
-                workspace=lambda: _sn_workspace(weight, a, m, b))
-        _launch("sn_scale", weight.device, (self.code, w_ptr, weight.numel(), s_ptr, out.data_ptr()))
+        pi_args = (self.code, weight.data_ptr(), a, m, b, u.data_ptr(), v.data_ptr(), int(n_iter),
+                   float(eps), sigma.data_ptr(), u_copy.data_ptr(), v_copy.data_ptr())
+        scale_args = (self.code, weight.data_ptr(), weight.numel(), sigma.data_ptr(), out.data_ptr())
+        if self.cpu:
+            self._pi(*pi_args)
+            self._scale(*scale_args)
+        else:
+            _launch("sn_power_iteration", weight.device, pi_args,
+                    workspace=lambda: _sn_workspace(weight, a, m, b))
+            _launch("sn_scale", weight.device, scale_args)
         return out, sigma, u_copy, v_copy
 
     def backward(self, grad: torch.Tensor, weight: torch.Tensor, u_copy: torch.Tensor,
                  v_copy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """grad/sigma - (<grad, weight>/sigma^2) u v^T for the tensors train_forward returned."""
-        if _sn_key(weight, u_copy, v_copy)[0] != self.key[0]:
+        if _sn_key(weight, u_copy, v_copy)[:5] != self.key[:5]:
             raise ValueError("weight changed shape, layout or storage between forward and backward")
-        check_tensor(grad, "grad", dtypes=(weight.dtype,), device=weight.device)
-        if grad.shape != weight.shape or not grad.is_contiguous():
-            raise ValueError(f"grad must be contiguous with shape {tuple(weight.shape)}, got {tuple(grad.shape)}")
+        if (grad.shape != weight.shape or grad.dtype != weight.dtype or grad.device != weight.device
+                or not grad.is_contiguous()):
+            check_tensor(grad, "grad", dtypes=(weight.dtype,), device=weight.device)
+            raise ValueError(f"grad must be contiguous with shape {tuple(weight.shape)}, got shape "
+                             f"{tuple(grad.shape)}, strides {grad.stride()}")
         a, m, b = self.a, self.m, self.b
         out = torch.empty_like(weight)
-        _launch("sn_normalize_backward", weight.device,
-                (self.code, grad.data_ptr(), weight.data_ptr(), a, m, b, u_copy.data_ptr(),
-                 v_copy.data_ptr(), sigma.data_ptr(), out.data_ptr()),
-                workspace=lambda: _sn_workspace(weight, a, m, b))
+        args = (self.code, grad.data_ptr(), weight.data_ptr(), a, m, b, u_copy.data_ptr(),
+                v_copy.data_ptr(), sigma.data_ptr(), out.data_ptr())
+        if self.cpu:
+            self._backward(*args)
+        else:
+            _launch("sn_normalize_backward", weight.device, args,
+                    workspace=lambda: _sn_workspace(weight, a, m, b))
         return out
 
 

@@ -126,18 +126,20 @@ class SpectralNorm(nn.Module):
             # No approximation needed for vectors (torch does the same).
             return F.normalize(weight, dim=0, eps=self.eps)
         backend = self._backend_for(weight)
+        buffers = self._buffers  # not self._u: nn.Module.__getattr__ costs ~1 us a lookup
+        u, v = buffers["_u"], buffers["_v"]
         if backend == "reference":
-            return spectral_norm_reference(weight, self._u, self._v, self.dim,
-                                           self.n_power_iterations, self.eps, self.training)
+            return spectral_norm_reference(weight, u, v, self.dim, self.n_power_iterations, self.eps,
+                                           self.training)
         if self.training:
             self._cache = None
             plan = None
             if backend in ("cpu", "cuda") and not torch.compiler.is_compiling():
-                if self._plan is None:
-                    self._plan = sn_ops.native_plan(weight, self._u, self._v, self.dim)
                 plan = self._plan
-            return sn_ops.train_forward(weight, self._u, self._v, self.dim, self.n_power_iterations,
-                                        self.eps, backend, plan)
+                if plan is None:
+                    plan = self._plan = sn_ops.native_plan(weight, u, v, self.dim)
+            return sn_ops.train_forward(weight, u, v, self.dim, self.n_power_iterations, self.eps,
+                                        backend, plan)
         return self._eval_forward(weight, backend)
 
     def _eval_forward(self, weight: torch.Tensor, backend: str) -> torch.Tensor:
