@@ -11,6 +11,7 @@ import torch
 HERE = os.path.dirname(__file__)
 WORKER = os.path.join(HERE, "dist_worker.py")
 TRAINER_WORKER = os.path.join(HERE, "dist_trainer_worker.py")
+SN_WORKER = os.path.join(HERE, "dist_sn_worker.py")
 
 
 def _free_port() -> int:
@@ -40,6 +41,22 @@ def test_two_ranks_equal_one_rank_with_the_global_batch(tmp_path):
     _run(2, double)
     ref = torch.load(single / "rank0.pt")
     r0, r1 = torch.load(double / "rank0.pt"), torch.load(double / "rank1.pt")
+    for k in ref:
+        assert torch.equal(r0[k], r1[k]), f"ranks diverged in {k}"
+        torch.testing.assert_close(r0[k], ref[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs from 1-process run")
+
+
+def test_spectral_norm_under_ddp_equals_one_process(tmp_path):
+    # Issue 4: gk.spectral_norm under DistributedDataParallel. Ranks register SN from different
+    # seeds; DDP broadcasts rank 0's weights and u/v, so both ranks match a 1-process run.
+    single, double = tmp_path / "single", tmp_path / "double"
+    single.mkdir()
+    double.mkdir()
+    _run(1, single, 4, SN_WORKER)
+    _run(2, double, 4, SN_WORKER)
+    ref = torch.load(single / "rank0.pt")
+    r0, r1 = torch.load(double / "rank0.pt"), torch.load(double / "rank1.pt")
+    assert any(k.endswith("_u") for k in ref) and any(k.endswith("_v") for k in ref)
     for k in ref:
         assert torch.equal(r0[k], r1[k]), f"ranks diverged in {k}"
         torch.testing.assert_close(r0[k], ref[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs from 1-process run")
