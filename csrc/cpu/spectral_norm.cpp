@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -52,6 +53,31 @@ inline void row_axpy(const T* w, A t, A* s, int64_t Aa, int64_t M, int64_t B, in
   }
 }
 
+// One power iteration in double, normalizing u before the second pass (torch's order):
+// nothing in it can overflow for finite float weights. Returns sigma.
+template <typename T>
+double double_iteration(const T* w, int64_t Aa, int64_t M, int64_t B, T* u, T* v, double eps) {
+  const int64_t K = Aa * B;
+  std::vector<double> vin(K), t(M), s(K, 0.0);
+  for (int64_t k = 0; k < K; ++k) vin[k] = double(Convert<T>::load(v[k]));
+  double tt = 0.0;
+  for (int64_t i = 0; i < M; ++i) {
+    t[i] = row_dot(w, vin.data(), Aa, M, B, i);
+    tt += t[i] * t[i];
+  }
+  const double dt = std::max(std::sqrt(tt), eps);
+  for (int64_t i = 0; i < M; ++i) {
+    t[i] /= dt;
+    u[i] = Convert<T>::store(typename Acc<T>::type(t[i]));
+    row_axpy(w, t[i], s.data(), Aa, M, B, i);
+  }
+  double ww = 0.0;
+  for (int64_t k = 0; k < K; ++k) ww += s[k] * s[k];
+  const double nw = std::sqrt(ww), dw = std::max(nw, eps);
+  for (int64_t k = 0; k < K; ++k) v[k] = Convert<T>::store(typename Acc<T>::type(s[k] / dw));
+  return nw * nw / dw;
+}
+
 template <typename T>
 void power_iteration(const T* w, int64_t Aa, int64_t M, int64_t B, T* u, T* v, int64_t n_iter,
                      double eps, T* sigma, T* u_copy, T* v_copy) {
@@ -85,12 +111,18 @@ void power_iteration(const T* w, int64_t Aa, int64_t M, int64_t B, T* u, T* v, i
     double tt = 0.0;
     for (int64_t i = 0; i < M; ++i) tt += double(t[i]) * double(t[i]);
     const double dt = std::max(std::sqrt(tt), eps);
-    for (int64_t i = 0; i < M; ++i) u[i] = Convert<T>::store(A(double(t[i]) / dt));
     double ww = 0.0;
     for (int64_t k = 0; k < K; ++k) {
       const double wk = double(s[k]) / dt;
       ww += wk * wk;
     }
+    if (!std::isfinite(ww) && std::is_same<A, float>::value) {
+      // s = W^T (W v) overflowed float (entries beyond ~1e19): redo this iteration in double.
+      // Rare, and it keeps finite weights finite where torch's float32 norms give NaN.
+      sig = double_iteration(w, Aa, M, B, u, v, eps);
+      continue;
+    }
+    for (int64_t i = 0; i < M; ++i) u[i] = Convert<T>::store(A(double(t[i]) / dt));
     const double nw = std::sqrt(ww), dw = std::max(nw, eps);
     for (int64_t k = 0; k < K; ++k) v[k] = Convert<T>::store(A(double(s[k]) / dt / dw));
     // u^T W v = (W^T u) . v = ||W^T u||^2 / max(||W^T u||, eps): no third pass over W.
