@@ -167,18 +167,18 @@ def test_native_checks_name_the_argument():
         _native.sn_check(w[0], u, v, 0)
 
 
+@pytest.mark.parametrize("backend", [b for b in FUSED if b in ("cpu", "triton")])
 @pytest.mark.parametrize("scale", [1e20, 1e30, 1e36])
-def test_cpu_power_iteration_stays_finite_for_huge_float32_weights(scale):
-    # torch's float32 SN (and the fused float pass) overflow beyond ~1e19; the CPU kernel redoes
-    # such an iteration in double, so finite weights keep finite u, v and sigma, equal to float64.
-    if "cpu" not in FUSED:
-        pytest.skip("the native CPU kernels are not built")
+def test_power_iteration_stays_finite_for_huge_float32_weights(scale, backend):
+    # torch's float32 SN (and a plain fused float pass) overflow beyond ~1e19. The CPU kernel
+    # redoes such an iteration in double; Triton scales each block's partial by its max |W v|.
+    # Finite weights keep finite u, v and sigma, equal to float64.
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(37, 131, generator=g, dtype=torch.float64) * scale).float()
     u = F.normalize(torch.randn(37, generator=g), dim=0)
     v = F.normalize(torch.randn(131, generator=g), dim=0)
     u64, v64 = u.double(), v.double()
-    sigma, _, _ = sn_ops.power_iteration_(w, u, v, 0, 2, 1e-12, "cpu")
+    sigma, _, _ = sn_ops.power_iteration_(w, u, v, 0, 2, 1e-12, backend)
     sigma64, _, _ = sn_ops.power_iteration_(w.double(), u64, v64, 0, 2, 1e-12, "reference")
     assert torch.isfinite(sigma) and torch.isfinite(u).all() and torch.isfinite(v).all()
     assert rel_error(sigma, sigma64) <= 1e-6

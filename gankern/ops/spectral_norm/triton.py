@@ -2,7 +2,7 @@
 
 Power iteration, one pass over W per iteration: each program owns BLOCK_M rows of the (A, M, B)
 view (reference.py); it computes t = W v for its rows, then, with those rows still in cache,
-its partial s = W_rows^T t. A one-program finalize kernel sums the partials (fixed order:
+its partial s = W_rows^T (t / c), c = max |t| over its rows (so float32 cannot overflow). A one-program finalize kernel sums the partials (fixed order:
 deterministic, no atomics), and sets u = t/||t||, v = normalize(s/||t||) and
 sigma = ||W^T u|| (= u^T W v after the v update), so sigma needs no third pass.
 The backward dW = G/sigma - (<G, W>/sigma^2) u v^T is a partial-sum kernel for <G, W> and one
@@ -26,7 +26,7 @@ BLOCK = 1024
 
 
 @triton.jit
-def _rows_kernel(w_ptr, v_ptr, t_ptr, part_ptr, M, B, K,
+def _rows_kernel(w_ptr, v_ptr, t_ptr, part_ptr, scale_ptr, M, B, K,
                  ACC: tl.constexpr, WITH_PART: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
@@ -43,6 +43,13 @@ def _rows_kernel(w_ptr, v_ptr, t_ptr, part_ptr, M, B, K,
         t += tl.sum(w * v[None, :], axis=1)
     tl.store(t_ptr + rows, t, mask=row_ok)
     if WITH_PART:
+        # The partial is of W^T (t / c) with c = max|t| of these rows, stored beside it: the
+        # float32 W^T t overflows for weights beyond ~1e19 (torch's float32 SN does too); the
+        # finalize kernel multiplies c back in float64.
+        c = tl.max(tl.abs(t), axis=0)
+        c = tl.where(c > 0, c, 1.0)
+        tl.store(scale_ptr + pid, c)
+        t = t / c
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             k_ok = ks < K
@@ -52,7 +59,7 @@ def _rows_kernel(w_ptr, v_ptr, t_ptr, part_ptr, M, B, K,
 
 
 @triton.jit
-def _finalize_kernel(t_ptr, part_ptr, u_ptr, v_ptr, sigma_ptr, uc_ptr, vc_ptr, M, K, n_parts, eps,
+def _finalize_kernel(t_ptr, part_ptr, scale_ptr, u_ptr, v_ptr, sigma_ptr, uc_ptr, vc_ptr, M, K, n_parts, eps,
                      DTYPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     # The norms accumulate in float64 (one program, so it costs nothing): a float32 sum of
     # squares overflows for entries above ~1e19 and turned finite weights into NaN, where the
@@ -71,10 +78,11 @@ def _finalize_kernel(t_ptr, part_ptr, u_ptr, v_ptr, sigma_ptr, uc_ptr, vc_ptr, M
     ww = tl.zeros([BLOCK], dtype=tl.float64)
     for k0 in range(0, K, BLOCK):
         ks = k0 + tl.arange(0, BLOCK)
-        s = tl.zeros([BLOCK], dtype=ACC)
+        s = tl.zeros([BLOCK], dtype=tl.float64)
         for p in range(0, n_parts):
-            s += tl.load(part_ptr + p * K + ks, mask=ks < K, other=0.0)
-        w = s.to(tl.float64) / dt  # W^T u
+            s += tl.load(part_ptr + p * K + ks, mask=ks < K, other=0.0).to(tl.float64) * \
+                tl.load(scale_ptr + p).to(tl.float64)
+        w = s / dt  # W^T u
         ww += w * w
         tl.store(part_ptr + ks, w.to(ACC), mask=ks < K)  # row 0 is this chunk's own: safe to reuse
     nw = tl.sqrt(tl.sum(ww, axis=0))
@@ -148,12 +156,13 @@ def power_iteration_(weight, u, v, dim, n_iter, eps):
     n_parts = triton.cdiv(m, BLOCK_M)
     t = torch.empty(m, dtype=acc, device=weight.device)
     part = torch.empty(n_parts, k, dtype=acc, device=weight.device)
+    scales = torch.empty(n_parts, dtype=acc, device=weight.device)
     sigma = torch.empty((), dtype=weight.dtype, device=weight.device)
     u_copy, v_copy = torch.empty_like(u), torch.empty_like(v)
     for _ in range(n_iter):
-        _rows_kernel[(n_parts,)](weight, v, t, part, m, b, k, ACC=_TL[acc], WITH_PART=True,
+        _rows_kernel[(n_parts,)](weight, v, t, part, scales, m, b, k, ACC=_TL[acc], WITH_PART=True,
                                  BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
-        _finalize_kernel[(1,)](t, part, u, v, sigma, u_copy, v_copy, m, k, n_parts, float(eps),
+        _finalize_kernel[(1,)](t, part, scales, u, v, sigma, u_copy, v_copy, m, k, n_parts, float(eps),
                                DTYPE=_TL[weight.dtype], ACC=_TL[acc], BLOCK=BLOCK)
     return sigma, u_copy, v_copy
 
@@ -163,7 +172,7 @@ def sigma(weight, u, v, dim):
     acc = _acc(weight.dtype)
     t = torch.empty(m, dtype=acc, device=weight.device)
     out = torch.empty((), dtype=weight.dtype, device=weight.device)
-    _rows_kernel[(triton.cdiv(m, BLOCK_M),)](weight, v, t, t, m, b, a * b, ACC=_TL[acc], WITH_PART=False,
+    _rows_kernel[(triton.cdiv(m, BLOCK_M),)](weight, v, t, t, t, m, b, a * b, ACC=_TL[acc], WITH_PART=False,
                                              BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
     _dot_kernel[(1,)](u, t, out, m, DTYPE=_TL[weight.dtype], ACC=_TL[acc], BLOCK=BLOCK)
     return out
