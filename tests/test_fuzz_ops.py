@@ -31,8 +31,8 @@ ACTS = ["linear", "relu", "lrelu", "tanh", "sigmoid", "silu", "softplus", "elu"]
 # Spectral norm's fused pass forms W^T (W v) before normalizing, so float32 entries beyond
 # ~1e19 could overflow there, as torch's float32 norms do. The CPU kernel redoes such an
 # iteration in double and Triton scales its partials (tested up to 1e36 in
-# test_spectral_norm_ops.py); CUDA keeps torch's limit, so the SN fuzz draws finite magnitudes
-# up to 1e15, with Inf and NaN still in.
+# test_spectral_norm_ops.py; CUDA is compiled but never run here), so the SN fuzz keeps
+# finite magnitudes up to 1e15, with Inf and NaN still in.
 SPECIAL_SN = [0.0, -0.0, 1e-30, -1e-30, 1e15, -1e15, float("inf"), float("-inf"), float("nan")]
 
 

@@ -88,7 +88,8 @@ __global__ void normalize_u(const A* __restrict__ t, int64_t M, double eps, T* _
   if (threadIdx.x == 0) scalars[0] = A(dt);
 }
 
-// s[k] = (W^T t)[k] / scalars[0] = (W^T u)[k]. One thread per column; rows read coalesced.
+// s[k] = (W^T (t / scalars[0]))[k] = (W^T u)[k]. One thread per column; rows read coalesced.
+// t is normalized inside the sum: a float W^T t overflows for weights beyond ~1e19.
 template <typename T, typename A>
 __global__ void cols_dot(const T* __restrict__ w, const A* __restrict__ t, int64_t Aa, int64_t M,
                          int64_t B, const A* __restrict__ scalars, A* __restrict__ s) {
@@ -96,9 +97,10 @@ __global__ void cols_dot(const T* __restrict__ w, const A* __restrict__ t, int64
   if (k >= Aa * B) return;
   const int64_t a = k / B, b = k - a * B;
   const T* col = w + a * M * B + b;
+  const A inv = A(1) / scalars[0];
   A acc = A(0);
-  for (int64_t i = 0; i < M; ++i) acc += A(Convert<T>::load(col[i * B])) * t[i];
-  s[k] = acc / scalars[0];
+  for (int64_t i = 0; i < M; ++i) acc += A(Convert<T>::load(col[i * B])) * (t[i] * inv);
+  s[k] = acc;
 }
 
 // v = s / max(||s||, eps); sigma = ||s||^2 / max(||s||, eps) (= u^T W v); copies on the last.
