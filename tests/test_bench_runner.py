@@ -142,3 +142,28 @@ def test_ema_case_bytes_and_shapes():
                                with_compile=False)
     n = sum(math.prod(s) for s in ema_cases.tiny_shapes())
     assert case.bytes_moved == 12 * n
+
+
+def test_overhead_over_a_floor_implementation():
+    # SN's targets are stated as overheads (time with SN - time without): the runner derives
+    # them from the case's floor row, and the ratio of the baseline's overhead to each one's.
+    def sleeper(s):
+        def run():
+            t = __import__("time").perf_counter()
+            while __import__("time").perf_counter() - t < s:
+                pass
+            return torch.zeros(1)
+        return run
+
+    impls = [Impl("fast", run=sleeper(0.002)), Impl("base", run=sleeper(0.005), is_baseline=True),
+             Impl("floor", run=sleeper(0.001))]
+    case = Case(op="toy", name="overhead", impls=impls, error=lambda out: 0.0, overhead_over="floor")
+    res = runner.run_case(case, torch.device("cpu"), FAST)
+    by = {r.label: r for r in res.impls}
+    assert by["floor"].overhead_s is None
+    for label in ("fast", "base"):
+        assert by[label].overhead_s == pytest.approx(by[label].time_s - by["floor"].time_s)
+        assert "overhead" in by[label].note
+    if by["fast"].overhead_s > 0 and by["base"].overhead_s > 0:
+        assert by["fast"].overhead_ratio == pytest.approx(by["base"].overhead_s / by["fast"].overhead_s)
+    assert ("smaller than *" in by["fast"].note) == (by["fast"].overhead_ratio is not None)

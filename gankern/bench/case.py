@@ -36,3 +36,7 @@ class Case:
     bytes_moved: Optional[int] = None   # the minimum bytes a perfect kernel must move (floor)
     flops: Optional[int] = None         # the minimum FLOPs (compute floor)
     params: dict = field(default_factory=dict)  # shapes, dtype, batch: printed and saved in JSON
+    # The label of a floor implementation (e.g. "no SN (floor)"): every other one then also
+    # reports its overhead over it (time - floor time) and how many times smaller that is than
+    # the baseline's overhead, the figure SN's targets are stated in.
+    overhead_over: Optional[str] = None

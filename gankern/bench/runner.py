@@ -62,6 +62,8 @@ class ImplResult:
     gbps: Optional[float] = None         # bytes_moved / time
     pct_floor: Optional[float] = None    # bandwidth floor time / this time, in %
     peak_mem_bytes: Optional[int] = None  # memory allocated during one call above what was live
+    overhead_s: Optional[float] = None   # time - the case's floor implementation's time
+    overhead_ratio: Optional[float] = None  # baseline's overhead / this overhead: > 1 is smaller
     note: str = ""
 
 
@@ -313,7 +315,27 @@ def run_case(case: Case, device: torch.device, cfg: TimingConfig, bandwidth: Opt
         for r in result.impls:
             if r.time_s:
                 r.ratio = base.time_s / r.time_s
+    _overheads(result, case.overhead_over, base)
     return result
+
+
+def _overheads(result: CaseResult, floor_label: Optional[str], base) -> None:
+    floor = next((r for r in result.impls if r.label == floor_label and r.time_s), None)
+    if floor is None:
+        return
+    for r in result.impls:
+        if r.time_s and r is not floor:
+            r.overhead_s = r.time_s - floor.time_s
+    if base is None or base.overhead_s is None:
+        return
+    for r in result.impls:
+        if r.overhead_s is not None:
+            if r.overhead_s > 0 and base.overhead_s > 0:
+                r.overhead_ratio = base.overhead_s / r.overhead_s
+            extra = f"overhead {r.overhead_s * 1e3:+.3g} ms"
+            if r is not base and r.overhead_ratio is not None:
+                extra += f" ({r.overhead_ratio:.2f}x smaller than *)"
+            r.note = f"{r.note}; {extra}" if r.note else extra
 
 
 def failed_op(op: str, exc: BaseException) -> CaseResult:

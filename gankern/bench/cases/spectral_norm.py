@@ -154,7 +154,7 @@ def make_cases(name: str, factory, res: int, batch: int, device: torch.device, a
               "sn_layers": len(_sn_weights(base))}
     return [
         Case(op="spectral_norm", name=f"{name} D fwd+bwd, {label}, batch {batch}", impls=impls_step,
-             error=step_error, tolerance=tol, params=params),
+             error=step_error, tolerance=tol, params=params, overhead_over="no SN (floor)"),
         Case(op="spectral_norm", name=f"{name} SN alone (all layers' W/sigma fwd+bwd), {label}",
              impls=impls_sn, error=lambda out: rel_error(out, reference("sn")), tolerance=1e-5,
              params=params),
