@@ -119,7 +119,17 @@ def test_piecewise_linear_second_order_costs_nothing(backend, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("bias_act_grad2 must not run for a piecewise-linear act")
 
+    dispatch = bias_act_module._dispatch
+
+    def dispatch_without_grad2(mode, *a):
+        if mode == 2:
+            boom()
+        return dispatch(mode, *a)
+
+    # Both routes to the second-order kernel: the custom op (create_graph, torch.compile) and
+    # the eager path's direct call.
     monkeypatch.setattr(bias_act_module, "_bias_act_grad2_op", boom)
+    monkeypatch.setattr(bias_act_module, "_dispatch", dispatch_without_grad2)
     x = torch.randn(3, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, device=DEVICE, requires_grad=True)
     for act in PIECEWISE_LINEAR:
@@ -167,3 +177,141 @@ def test_bad_input():
 def test_public_names():
     assert gk.ops.bias_act is bias_act
     assert gk.nn.BiasAct is not None and gk.nn.fuse_bias_act is not None
+
+
+# -- the eager path (outside torch.compile) and the custom ops (under it) -------------------------
+def _via_custom_ops(act, alpha, gain, clamp, dim, backend):
+    """bias_act through the torch.library custom ops, as torch.compile runs it."""
+    def fn(x, b):
+        return _bias_act_op(x, b.to(torch.float64 if x.dtype == torch.float64 else torch.float32),
+                            act, alpha, gain, clamp, dim % x.dim(), backend)
+    return fn
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("act", ["lrelu", "tanh", "softplus", "elu"])
+def test_eager_path_equals_custom_ops(act, dtype, backend):
+    """The public call (eager autograd.Function) and the custom ops run the same kernels: every
+    order, double backward included, is bit-identical, and both match the float64 definition."""
+    layouts = LAYOUTS if backend != "triton" else LAYOUTS[2:]  # the interpreter is slow
+    for shape, dim, cl in layouts:
+        gen = torch.Generator().manual_seed(7 + len(shape))
+        x, dy, v = (torch.randn(shape, generator=gen, dtype=dtype) * 2 for _ in range(3))
+        b = torch.randn(shape[dim], generator=gen, dtype=dtype)
+        if cl:
+            x, dy, v = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy, v))
+        x, dy, v, b = (t.to(DEVICE) for t in (x, dy, v, b))
+        alpha, gain, clamp = DEFAULT_ALPHA.get(act, 0.0), 1.3, (1.1 if len(shape) == 4 else None)
+        eager = _three_orders(x, b, dy, v, lambda x, b: bias_act(x, b, act, gain=gain, clamp=clamp, dim=dim,
+                                                                impl=backend))
+        ops = _three_orders(x, b, dy, v, _via_custom_ops(act, alpha, gain, clamp, dim, backend))
+        ref = _three_orders(x.cpu().double(), b.cpu().double(), dy.cpu().double(), v.cpu().double(),
+                            lambda x, b: plain(x, b, act, alpha, gain, clamp, dim))
+        assert len(eager) == len(ops) == len(ref) == 5
+        for name, e, o, r in zip(["y", "dx", "db", "d2x", "d2dy"], eager, ops, ref):
+            assert torch.equal(e, o), f"{name}: eager path differs from the custom ops"
+            if act in PIECEWISE_LINEAR and name == "d2x":
+                continue
+            testing.assert_close_to_reference(e, r, dtype, name=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eager_path_skips_custom_ops(backend, monkeypatch):
+    """Outside torch.compile no custom op runs for y, the create_graph backward and the second
+    backward; the kernels are called directly (and still give the float64 result)."""
+    def boom(*a, **k):
+        raise AssertionError("custom op called on the eager path")
+
+    for name in ("_bias_act_op", "_bias_act_grad_op", "_bias_act_grad2_op"):
+        monkeypatch.setattr(bias_act_module, name, boom)
+    modes = []
+    dispatch = bias_act_module._dispatch
+    monkeypatch.setattr(bias_act_module, "_dispatch", lambda mode, *a: modes.append(mode) or dispatch(mode, *a))
+    x = torch.randn(3, 4, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    y = bias_act(x, b, "tanh", impl=backend)
+    (dx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    dx.pow(2).sum().backward()
+    # y; dx; then the second backward: d(dx)/d(dy), d(dx)/dx, and dy = 2y sends d(dy) back
+    # through y's own gradient.
+    assert modes == [0, 1, 1, 2, 1]
+    x64, b64 = x.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
+    (dx64,) = torch.autograd.grad(plain(x64, b64, "tanh", 0.0, 1.0, None, 1).pow(2).sum(), x64, create_graph=True)
+    dx64.pow(2).sum().backward()
+    testing.assert_close_to_reference(dx.detach(), dx64.detach(), torch.float64, name="dx")
+    testing.assert_close_to_reference(x.grad, x64.grad, torch.float64, name="x.grad")
+    testing.assert_close_to_reference(b.grad, b64.grad, torch.float64, name="b.grad")
+
+
+class _NoGrad(torch.autograd.Function):
+    """Identity whose backward sends no gradient (None) to its input, as a conv's double
+    backward does to the conv's input."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_none_gradient_runs_no_kernel(backend, monkeypatch):
+    """A None gradient reaching bias_act (and its gradient op) is passed on as None, never
+    materialized as zeros and pushed through the kernels and everything before them."""
+    modes = []
+    dispatch = bias_act_module._dispatch
+    monkeypatch.setattr(bias_act_module, "_dispatch", lambda mode, *a: modes.append(mode) or dispatch(mode, *a))
+    x = torch.randn(2, 3, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w = torch.randn(2, 3, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    x2 = x * 1.5
+    y = bias_act(x2, b, "silu", impl=backend)
+    (x2 + _NoGrad.apply(y)).sum().backward()
+    assert modes == [0]  # the forward only
+    assert b.grad is not None and not b.grad.any()  # a zero gradient, as autograd's zeros gave
+    torch.testing.assert_close(x.grad, torch.full_like(x, 1.5))
+    x2 = x * 1.5
+    (dx,) = torch.autograd.grad((bias_act(x2, b, "silu", impl=backend) * w).sum(), x2, create_graph=True)
+    modes.clear()
+    (w.sum() + _NoGrad.apply(dx).sum()).backward()
+    assert modes == []
+
+
+def _capture_backend(graphs):
+    """A torch.compile backend that records the forward and backward graphs aot_autograd makes."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    def record(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind].append(str(gm.graph))
+            return gm.forward
+        return compiler
+
+    return aot_autograd(fw_compiler=record("fw"), bw_compiler=record("bw"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_runs_the_custom_ops(backend):
+    """Under torch.compile the graphs hold the custom ops (not the eager Functions), and the
+    compiled function and its gradient equal the eager ones."""
+    torch._dynamo.reset()
+    graphs = {"fw": [], "bw": []}
+
+    def fn(x, b):
+        return bias_act(x, b, "softplus", gain=1.2, dim=1, impl=backend) * 2
+
+    compiled = torch.compile(fn, fullgraph=True, backend=_capture_backend(graphs))
+    x = torch.randn(2, 3, 4, device=DEVICE, requires_grad=True)
+    b = torch.randn(3, device=DEVICE, requires_grad=True)
+    y = compiled(x, b)
+    dx, db = torch.autograd.grad(y.sum(), (x, b))
+    y0 = fn(x, b)
+    dx0, db0 = torch.autograd.grad(y0.sum(), (x, b))
+    assert "gankern.bias_act.default" in graphs["fw"][0]
+    assert "gankern.bias_act_grad.default" in graphs["bw"][0]
+    torch.testing.assert_close(y, y0)
+    torch.testing.assert_close(dx, dx0)
+    torch.testing.assert_close(db, db0)

@@ -117,6 +117,55 @@ def test_defaults_are_the_papers(backend):
         testing.assert_close_to_reference(p, ref, torch.float64, name=kind)
 
 
+class _CountConvBackward(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts first-order conv backward kernels (a conv's double backward is plain convolutions)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution_backward.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def lrelu_conv_d():
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(6, 5, 3, stride=2),
+                         nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(5 * 2 * 2, 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_penalty_backward_skips_the_zero_backward_of_d(backend):
+    """With piecewise-linear activations D(x_hat)'s own forward graph gets no gradient from the
+    penalty (act'' = 0). Plain PyTorch still pushes zeros through it (leaky_relu's double
+    backward returns zeros_like), a full conv backward per layer; the fused D skips it, and
+    every parameter gradient stays equal, the biases' zeros included."""
+    torch.manual_seed(2)
+    D64 = lrelu_conv_d().double()
+    D = gk.nn.fuse_bias_act(copy.deepcopy(D64), impl=backend).to(DEVICE)
+    real, fake, alpha = _inputs((B, 3, 6, 6))
+    ref_p, _ = plain_gp(D64, real, fake, "wgan-gp", 1.0, 10.0, alpha, None)
+    with _CountConvBackward() as plain_count:
+        ref_p.backward()
+    assert plain_count.count > 0  # the zeros plain PyTorch pushes through D
+    p = gk.gradient_penalty(D, real.to(DEVICE), fake.to(DEVICE), kind="wgan-gp", alpha=alpha.to(DEVICE),
+                            impl=backend)
+    with _CountConvBackward() as fused_count:
+        p.backward()
+    assert fused_count.count == 0
+    testing.assert_close_to_reference(p, ref_p, torch.float64, name="penalty", tol=1e-12)
+    for (name, p_ref), p_gk in zip(D64.named_parameters(), D.parameters()):
+        if p_ref.grad is None:
+            assert p_gk.grad is None, name
+            continue
+        assert p_gk.grad is not None, name
+        if not p_ref.grad.any():  # a bias before a leaky ReLU: an exact zero either way
+            assert not p_gk.grad.any(), name
+            continue
+        testing.assert_close_to_reference(p_gk.grad, p_ref.grad, torch.float64, name=name, tol=1e-12)
+
+
 def test_generator_reproducible_and_alpha_shapes():
     D = mlp_d()
     real, fake = torch.randn(B, 12), torch.randn(B, 12)

@@ -181,3 +181,107 @@ def test_native_checks_reject_bad_pointers():
         _native.norm_penalty_backward(p, torch.ones(3), g, n, 0.0, 1.0)
     with pytest.raises(TypeError, match="norms"):
         _native.norm_penalty_backward(p, torch.ones(4), g, n.double(), 0.0, 1.0)
+
+
+# -- the eager path (outside torch.compile) and the custom ops (under it) -------------------------
+def _two_orders(fn, g, gp_up, gn_up, v):
+    """penalty, norms, d/dg of <(gp_up, gn_up), (penalty, norms)> and the second order d<v, .>/dg."""
+    g = g.detach().requires_grad_(True)
+    p, n = fn(g)
+    (dg,) = torch.autograd.grad(p * gp_up + (n * gn_up).sum(), g, create_graph=True)
+    (d2,) = torch.autograd.grad((dg * v).sum(), g)
+    return [t.detach() for t in (p, n, dg, d2)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_eager_path_equals_custom_ops(backend, dtype, center):
+    """The public call (eager autograd.Function) and the custom ops run the same kernels: values,
+    gradient and second order are bit-identical and match the float64 definition."""
+    gen = torch.Generator().manual_seed(3)
+    g = (torch.randn(5, 3, 7, 9, generator=gen, dtype=dtype) * 0.3).to(DEVICE)
+    g[2] = 0.0  # a zero row: 1/n is taken as 0 on both paths
+    v = torch.randn(g.shape, generator=gen, dtype=dtype).to(DEVICE)
+    gp_up, gn_up = 1.7, torch.randn(5, generator=gen, dtype=dtype).to(DEVICE)
+    eager = _two_orders(lambda x: norm_penalty(x, center, 2.5, impl=backend), g, gp_up, gn_up, v)
+    ops = _two_orders(lambda x: _norm_penalty_op(x, center, 2.5, backend), g, gp_up, gn_up, v)
+    ref = _two_orders(lambda x: plain(x, center, 2.5), g.cpu().double(), gp_up, gn_up.cpu().double(),
+                      v.cpu().double())
+    for name, e, o, r in zip(["penalty", "norms", "dg", "d2g"], eager, ops, ref):
+        assert torch.equal(e, o), f"{name}: eager path differs from the custom ops"
+        if name == "d2g":  # the definition's second order is NaN at the zero row
+            e, r = e[[0, 1, 3, 4]], r[[0, 1, 3, 4]]
+        testing.assert_close_to_reference(e, r, dtype, name=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eager_path_skips_custom_ops(backend, monkeypatch):
+    """Outside torch.compile a penalty and its plain backward run no custom op; under
+    create_graph the differentiable backward op runs (its derivative is defined there)."""
+    import sys
+
+    module = sys.modules["gankern.ops.norm_penalty"]
+    calls = []
+
+    def boom(*a, **k):
+        raise AssertionError("custom op called on the eager path")
+
+    backward_op = module._norm_penalty_backward_op
+    monkeypatch.setattr(module, "_norm_penalty_op", boom)
+    monkeypatch.setattr(module, "_norm_penalty_backward_op", lambda *a: calls.append(1) or backward_op(*a))
+    g = torch.randn(4, 6, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    p, n = norm_penalty(g, 1.0, 10.0, impl=backend)
+    (dg,) = torch.autograd.grad(p, g)
+    assert calls == []
+    g64 = g.detach().clone().requires_grad_(True)
+    (dg64,) = torch.autograd.grad(plain(g64, 1.0, 10.0)[0], g64)
+    testing.assert_close_to_reference(dg, dg64, torch.float64)
+    p, n = norm_penalty(g, 1.0, 10.0, impl=backend)
+    (dg2,) = torch.autograd.grad(p, g, create_graph=True)
+    assert calls == [1] and dg2.requires_grad
+    assert torch.equal(dg2.detach(), dg)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unused_output_gradients(backend):
+    """Only the penalty or only the norms reach the loss: the other gradient is None on the
+    eager path (no zeros materialized by autograd) and counts as 0."""
+    g = torch.randn(3, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    g64 = g.detach().clone().requires_grad_(True)
+    for pick in (0, 1):
+        out = norm_penalty(g, 0.5, 3.0, impl=backend)[pick]
+        (dg,) = torch.autograd.grad(out.sum(), g)
+        (dg64,) = torch.autograd.grad(plain(g64, 0.5, 3.0)[pick].sum(), g64)
+        testing.assert_close_to_reference(dg, dg64, torch.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_runs_the_custom_ops(backend):
+    """Under torch.compile the graphs hold the custom ops, and the results equal eager ones."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    torch._dynamo.reset()
+    graphs = {"fw": [], "bw": []}
+
+    def record(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind].append(str(gm.graph))
+            return gm.forward
+        return compiler
+
+    def fn(g):
+        p, n = norm_penalty(g, 1.0, 10.0, impl=backend)
+        return p + n.sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend=aot_autograd(fw_compiler=record("fw"),
+                                                                      bw_compiler=record("bw")))
+    g = torch.randn(4, 3, 5, device=DEVICE, requires_grad=True)
+    y = compiled(g)
+    (dg,) = torch.autograd.grad(y, g)
+    y0 = fn(g)
+    (dg0,) = torch.autograd.grad(y0, g)
+    assert "gankern.norm_penalty.default" in graphs["fw"][0]
+    assert "gankern.norm_penalty_backward.default" in graphs["bw"][0]
+    torch.testing.assert_close(y, y0)
+    torch.testing.assert_close(dg, dg0)

@@ -128,6 +128,105 @@ def _backward_grad(ctx, w):
 _bias_act_grad_op.register_autograd(_backward_grad, setup_context=_setup_grad)
 
 
+# -- the eager path ------------------------------------------------------------------------------
+# Outside torch.compile the same kernels run through two plain autograd.Functions instead of the
+# custom ops: a custom-op call pays for argument defaults, the dynamo-disable wrapper, the
+# dispatcher and the generated autograd Function, 70-100 us a call on a 2-core CPU, more than
+# the kernel of a small activation. Under torch.compile the custom ops stay, so graphs (and
+# opcheck) see them. Two more savings only the eager path has:
+#   - grads are not materialized: a None gradient (an output nothing depends on) returns None
+#     instead of running the kernels on zeros. In a gradient penalty the double backward sends
+#     such a None into the forward graph of D(x_hat); a materialized zero there costs a full
+#     backward (every conv's weight and input gradient) of D for nothing.
+#   - db is computed only when the engine will use it: autograd.grad(D(x).sum(), x) (the
+#     penalty's first backward) never needs the bias gradient.
+def _will_use(ctx, i: int) -> bool:
+    """Whether input i's gradient is needed by the backward pass now running."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    node = ctx.next_functions[i][0]
+    if node is None:
+        return False
+    try:
+        return torch._C._will_engine_execute_node(node)
+    except RuntimeError:  # not called from the engine (e.g. compiled autograd): assume needed
+        return True
+
+
+class _EagerBiasAct(torch.autograd.Function):
+    """y = bias_act(x, b) outside torch.compile; backward through _EagerBiasActGrad."""
+
+    @staticmethod
+    def forward(ctx, x, b, act, alpha, gain, clamp, dim, backend):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, b)
+        ctx.args = (act, alpha, gain, clamp, dim, backend)
+        return _dispatch(0, backend, x, b, None, None, act, alpha, gain, clamp, dim)
+
+    @staticmethod
+    def backward(ctx, dy):
+        if dy is None:
+            # The bias still gets its (zero) gradient, as a materialized zero would give it:
+            # an optimizer step after a penalty-only backward (lazy R1) moves it the same way.
+            b = ctx.saved_tensors[1]
+            db = torch.zeros_like(b) if b is not None and _will_use(ctx, 1) else None
+            return None, db, None, None, None, None, None, None
+        x, b = ctx.saved_tensors
+        args = ctx.args
+        need_b = b is not None and _will_use(ctx, 1)
+        dx = None
+        if ctx.needs_input_grad[0] or need_b:
+            if torch.is_grad_enabled():  # create_graph=True: the differentiable gradient op
+                dx = _EagerBiasActGrad.apply(dy, x, b, *args)
+            else:
+                dx = _dispatch(1, args[5], x, b, dy, None, *args[:5])
+        db = _bias_grad(dx, b, args[4]) if need_b else None
+        return (dx if ctx.needs_input_grad[0] else None), db, None, None, None, None, None, None
+
+
+class _EagerBiasActGrad(torch.autograd.Function):
+    """dx = dy * gain * act'(x + b) * mask outside torch.compile: the gradient op of the eager
+    path, differentiable in dy, x and b (the double backward of a gradient penalty)."""
+
+    @staticmethod
+    def forward(ctx, dy, x, b, act, alpha, gain, clamp, dim, backend):
+        ctx.set_materialize_grads(False)
+        # dy only feeds the act'' term: a piecewise-linear act does not keep it alive.
+        ctx.save_for_backward(None if act in PIECEWISE_LINEAR else dy, x, b)
+        ctx.args = (act, alpha, gain, clamp, dim, backend)
+        return _dispatch(1, backend, x, b, dy, None, act, alpha, gain, clamp, dim)
+
+    @staticmethod
+    def backward(ctx, w):
+        dy, x, b = ctx.saved_tensors
+        args = ctx.args
+        act, backend, dim = args[0], args[5], args[4]
+        if w is None:  # see _EagerBiasAct.backward
+            zero_db = b is not None and _will_use(ctx, 2)
+            return (None, None, torch.zeros_like(b) if zero_db else None) + (None,) * 6
+        grad_enabled = torch.is_grad_enabled()
+        d_dy = d_x = d_b = None
+        if ctx.needs_input_grad[0]:  # linear in dy: the same gradient op applied to w
+            d_dy = _EagerBiasActGrad.apply(w, x, b, *args) if grad_enabled else \
+                _dispatch(1, backend, x, b, w, None, *args[:5])
+        need_b = b is not None and _will_use(ctx, 2)
+        if act in PIECEWISE_LINEAR:
+            # act'' = 0: nothing to compute, but b gets its zero gradient as in plain PyTorch
+            # (whose leaky_relu double backward returns zeros), so an optimizer step after a
+            # penalty-only backward treats it the same.
+            return d_dy, None, torch.zeros_like(b) if need_b else None, None, None, None, None, None, None
+        if ctx.needs_input_grad[1] or need_b:
+            if grad_enabled:  # third order: the custom op, as in the compiled path
+                d_x = _bias_act_grad2_op(w, dy, x, b, *args)
+            else:
+                d_x = _dispatch(2, backend, x, b, dy, w, *args[:5])
+            if need_b:
+                d_b = _bias_grad(d_x, b, dim)
+            if not ctx.needs_input_grad[1]:
+                d_x = None
+        return d_dy, d_x, d_b, None, None, None, None, None, None
+
+
 def _float_arg(v, name: str, *, min_value: Optional[float] = None) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name} must be a float, got {type(v).__name__}")
@@ -181,4 +280,6 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "lrel
         x = x.contiguous()
     if b is not None:
         b = b.to(acc_dtype(x.dtype)).contiguous()  # differentiable cast: db returns in b's dtype
-    return _bias_act_op(x, b, act, alpha, gain, clamp, dim, backend)
+    if torch.compiler.is_compiling():
+        return _bias_act_op(x, b, act, alpha, gain, clamp, dim, backend)
+    return _EagerBiasAct.apply(x, b, act, alpha, gain, clamp, dim, backend)
