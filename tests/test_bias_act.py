@@ -315,3 +315,55 @@ def test_compile_runs_the_custom_ops(backend):
     torch.testing.assert_close(y, y0)
     torch.testing.assert_close(dx, dx0)
     torch.testing.assert_close(db, db0)
+
+
+NATIVE_CPU = "cpu" in backends_for(IMPLEMENTED, torch.device("cpu"))
+
+
+@pytest.mark.skipif(not NATIVE_CPU, reason="native CPU kernels not built")
+@pytest.mark.parametrize("isa", ["auto", "baseline"])
+@pytest.mark.parametrize("layout", [((2, 37, 23, 21), 1, False), ((2, 37, 23, 21), 1, True),
+                                    ((7, 300, 4, 4), 1, False), ((2, 20001), -1, False),
+                                    ((40001,), None, False)],
+                         ids=["nchw", "channels_last", "short-runs", "linear-wide", "no-bias"])
+def test_cpu_threaded_sizes_both_isas(layout, isa, monkeypatch):
+    """The C++ kernels above torch's grain (threaded, fixed chunks of whole runs), with the AVX2
+    loops (auto, on a CPU that has them) and with the baseline loops every other x86 CPU runs."""
+    if isa == "baseline":
+        monkeypatch.setenv("GANKERN_CPU_NO_AVX2", "1")
+    shape, dim, cl = layout
+    gen = torch.Generator().manual_seed(11)
+    x64, dy64, v64 = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2 for _ in range(3))
+    b64 = None if dim is None else torch.randn(shape[dim], generator=gen, dtype=torch.float64)
+    dim = 0 if dim is None else dim
+    for act, gain, clamp in (("lrelu", 1.0, None), ("tanh", 1.3, 0.9)):
+        for dtype in (torch.float32, torch.bfloat16):
+            xs = [t.to(dtype).double() for t in (x64, dy64, v64)]
+            b = None if b64 is None else b64.to(dtype).double()
+            alpha = DEFAULT_ALPHA.get(act, 0.0)
+
+            def prep(t):
+                t = t.to(dtype)
+                return t.contiguous(memory_format=torch.channels_last) if cl else t
+
+            def orders(x, b, dy, v, fn):
+                x = x.detach().requires_grad_(True)
+                dy = dy.detach().requires_grad_(True)
+                y = fn(x, b)
+                (dx,) = torch.autograd.grad(y, x, dy, create_graph=True)
+                outs = [y, dx]
+                if act not in PIECEWISE_LINEAR:
+                    outs += list(torch.autograd.grad(dx, (x, dy), v))
+                return [o.detach() for o in outs]
+
+            ref = orders(*xs[:1], b, *xs[1:], lambda x, b: (plain(x, b, act, alpha, gain, clamp, dim) if b is not None
+                                                           else bias_act(x, None, act, gain=gain, clamp=clamp,
+                                                                         impl="reference")))
+            out = orders(prep(xs[0]), None if b is None else b.to(dtype), prep(xs[1]), prep(xs[2]),
+                         lambda x, b: bias_act(x, b, act, gain=gain, clamp=clamp, dim=dim, impl="cpu"))
+            for name, o, r in zip(["y", "dx", "d2x", "d2dy"], out, ref):
+                assert o.dtype == dtype
+                if cl:
+                    assert o.is_contiguous(memory_format=torch.channels_last)
+                testing.assert_close_to_reference(o, r, dtype, name=f"{act} {dtype} {name}",
+                                                  tol=1e-5 if dtype == torch.float32 else 1e-2)

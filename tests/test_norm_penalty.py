@@ -285,3 +285,27 @@ def test_compile_runs_the_custom_ops(backend):
     assert "gankern.norm_penalty_backward.default" in graphs["bw"][0]
     torch.testing.assert_close(y, y0)
     torch.testing.assert_close(dg, dg0)
+
+
+@pytest.mark.skipif("cpu" not in backends_for(IMPLEMENTED, torch.device("cpu")), reason="native CPU kernels not built")
+@pytest.mark.parametrize("isa", ["auto", "baseline"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_threaded_rows_both_isas(dtype, isa, monkeypatch):
+    """Rows above torch's grain (threaded), with the AVX2 loops (auto, on a CPU that has them)
+    and with the baseline loops every other x86 CPU runs, against the float64 definition."""
+    if isa == "baseline":
+        monkeypatch.setenv("GANKERN_CPU_NO_AVX2", "1")
+    gen = torch.Generator().manual_seed(5)
+    g64 = (torch.randn(9, 3, 41, 43, generator=gen, dtype=torch.float64) * 0.2).to(dtype).double()
+    g64[4] = 0.0
+    gn_up = torch.randn(9, generator=gen, dtype=torch.float64)
+    g64r = g64.clone().requires_grad_(True)
+    p64, n64 = plain(g64r, 1.0, 10.0)
+    (dg64,) = torch.autograd.grad(p64 * 1.3 + (n64 * gn_up).sum(), g64r)
+    g = g64.to(dtype).requires_grad_(True)
+    p, n = norm_penalty(g, 1.0, 10.0, impl="cpu")
+    (dg,) = torch.autograd.grad(p * 1.3 + (n * gn_up.float()).sum(), g)
+    assert dg.dtype == dtype and (dg[4] == 0).all()
+    testing.assert_close_to_reference(p, p64, torch.float32, name="penalty")
+    testing.assert_close_to_reference(n, n64, torch.float32, name="norms")
+    testing.assert_close_to_reference(dg, dg64, dtype, name="dg", tol=1e-5 if dtype == torch.float32 else 1e-2)
