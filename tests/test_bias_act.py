@@ -367,3 +367,36 @@ def test_cpu_threaded_sizes_both_isas(layout, isa, monkeypatch):
                     assert o.is_contiguous(memory_format=torch.channels_last)
                 testing.assert_close_to_reference(o, r, dtype, name=f"{act} {dtype} {name}",
                                                   tol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.skipif(not NATIVE_CPU, reason="native CPU kernels not built")
+def test_native_checks_reject_bad_pointers():
+    """_native is the pointer boundary: its one-pass check must let through only what the
+    explaining checks accept, and every bad tensor gets the error naming it."""
+    from gankern import _native
+
+    x, b, dy = torch.randn(2, 3, 4), torch.randn(3), torch.randn(2, 3, 4)
+    lrelu = ACTS["lrelu"]
+    ok = _native.bias_act(1, lrelu, x, b, dy, None, 0.2, 1.0, None, 4, 3)
+    torch.testing.assert_close(ok, torch.where(x + b[:, None] > 0, dy, 0.2 * dy))
+    # A subclass (a Parameter) takes the explaining checks and still runs.
+    torch.testing.assert_close(_native.bias_act(1, lrelu, torch.nn.Parameter(x), b, dy, None, 0.2, 1.0, None, 4, 3), ok)
+    bad = [
+        (dict(x=x.transpose(0, 2)), ValueError, "x must be dense"),
+        (dict(x=x.to(torch.int32)), TypeError, "x must"),
+        (dict(dy=None), ValueError, "dy is required"),
+        (dict(dy=dy.double()), TypeError, "dy must"),
+        (dict(dy=dy[:, :, :3]), ValueError, "dy must have x's shape"),
+        (dict(dy=dy.transpose(1, 2).contiguous().transpose(1, 2)), ValueError, "dy must have x's shape"),
+        (dict(b=b.double()), TypeError, "b must"),
+        (dict(b=torch.randn(4)), ValueError, "b must"),
+        (dict(b=torch.randn(3, 2)[:, 0]), ValueError, "b must"),
+        (dict(inner=5), ValueError, "does not tile"),
+    ]
+    for change, exc, match in bad:
+        args = dict(x=x, b=b, dy=dy, inner=4)
+        args.update(change)
+        with pytest.raises(exc, match=match):
+            _native.bias_act(1, lrelu, args["x"], args["b"], args["dy"], None, 0.2, 1.0, None, args["inner"], 3)
+    with pytest.raises(ValueError, match="v is required"):
+        _native.bias_act(2, lrelu, x, b, dy, None, 0.2, 1.0, None, 4, 3)

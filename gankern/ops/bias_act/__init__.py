@@ -83,7 +83,20 @@ def _(v, dy, x, b, act, alpha, gain, clamp, dim, backend):
 
 def _bias_grad(dx: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
     dims = [i for i in range(dx.dim()) if i != dim]
-    return dx.sum(dims, dtype=b.dtype) if dims else dx.to(b.dtype)
+    if not dims:
+        return dx.to(b.dtype)
+    if dx.device.type == "cpu" and dim > 0 and dx.is_contiguous():
+        # db sums dx viewed as (outer, C, inner). torch's CPU reduction over dims (0, 2, 3) is
+        # slow for both short and long inner runs (measured, 1 thread: (8, 512, 4, 4) 44 us,
+        # (64, 64, 32, 32) 642 us); summing the outer rows first is 2.4x faster for short runs
+        # (19 us), each run first 1.4x for long ones (451 us).
+        shape = dx.shape
+        inner = dx.stride(dim)
+        rows = dx.view(-1, shape[dim], inner)
+        if inner < 64:
+            return rows.sum(0, dtype=b.dtype).sum(1)
+        return rows.sum(2, dtype=b.dtype).sum(0)
+    return dx.sum(dims, dtype=b.dtype)
 
 
 def _setup(ctx, inputs, output):
@@ -149,8 +162,16 @@ def _will_use(ctx, i: int) -> bool:
         return False
     try:
         return torch._C._will_engine_execute_node(node)
-    except RuntimeError:  # not called from the engine (e.g. compiled autograd): assume needed
+    except RuntimeError:
+        # torch raises for a leaf that autograd.grad(..., inputs=) captures (so it is needed),
+        # and outside the engine (compiled autograd): needed either way. The raise costs
+        # ~17 us on a 2-core CPU, hence _SKIP_DB_FROM below.
         return True
+
+
+# The sum for db is skipped when unused only from this many elements up: below it the sum
+# costs less than asking the engine can (see _will_use).
+_SKIP_DB_FROM = 1 << 17
 
 
 class _EagerBiasAct(torch.autograd.Function):
@@ -173,7 +194,7 @@ class _EagerBiasAct(torch.autograd.Function):
             return None, db, None, None, None, None, None, None
         x, b = ctx.saved_tensors
         args = ctx.args
-        need_b = b is not None and _will_use(ctx, 1)
+        need_b = b is not None and ctx.needs_input_grad[1] and (x.numel() < _SKIP_DB_FROM or _will_use(ctx, 1))
         dx = None
         if ctx.needs_input_grad[0] or need_b:
             if torch.is_grad_enabled():  # create_graph=True: the differentiable gradient op
@@ -209,7 +230,7 @@ class _EagerBiasActGrad(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # linear in dy: the same gradient op applied to w
             d_dy = _EagerBiasActGrad.apply(w, x, b, *args) if grad_enabled else \
                 _dispatch(1, backend, x, b, w, None, *args[:5])
-        need_b = b is not None and _will_use(ctx, 2)
+        need_b = b is not None and ctx.needs_input_grad[2] and (x.numel() < _SKIP_DB_FROM or _will_use(ctx, 2))
         if act in PIECEWISE_LINEAR:
             # act'' = 0: nothing to compute, but b gets its zero gradient as in plain PyTorch
             # (whose leaky_relu double backward returns zeros), so an optimizer step after a
