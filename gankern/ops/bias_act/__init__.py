@@ -189,8 +189,10 @@ class _EagerBiasAct(torch.autograd.Function):
         if dy is None:
             # The bias still gets its (zero) gradient, as a materialized zero would give it:
             # an optimizer step after a penalty-only backward (lazy R1) moves it the same way.
+            # A bias-sized zero costs less than asking the engine, whose answer raises inside
+            # torch for a captured leaf (and a C++ raise aborts the ASan run).
             b = ctx.saved_tensors[1]
-            db = torch.zeros_like(b) if b is not None and _will_use(ctx, 1) else None
+            db = torch.zeros_like(b) if b is not None and ctx.needs_input_grad[1] else None
             return None, db, None, None, None, None, None, None
         x, b = ctx.saved_tensors
         args = ctx.args
