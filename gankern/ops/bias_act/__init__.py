@@ -224,8 +224,8 @@ class _EagerBiasActGrad(torch.autograd.Function):
         dy, x, b = ctx.saved_tensors
         args = ctx.args
         act, backend, dim = args[0], args[5], args[4]
-        if w is None:  # see _EagerBiasAct.backward
-            zero_db = b is not None and _will_use(ctx, 2)
+        if w is None:  # see _EagerBiasAct.backward (no engine query: it may raise in torch)
+            zero_db = b is not None and ctx.needs_input_grad[2]
             return (None, None, torch.zeros_like(b) if zero_db else None) + (None,) * 6
         grad_enabled = torch.is_grad_enabled()
         d_dy = d_x = d_b = None
