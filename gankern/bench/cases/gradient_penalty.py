@@ -131,8 +131,9 @@ def _bf16_autocast_ok(device: torch.device) -> bool:
 
 def cases(device: torch.device, quick: bool) -> list[Case]:
     batch = 8 if quick else 64
-    # bf16 autocast on a CPU: a double backward through bf16 convs takes ~12 s per batch-8 step
-    # on 2 cores (measured), minutes per case; GANKERN_BENCH_CPU_BF16=1 runs it anyway.
+    # bf16 autocast on a CPU without AVX-512: torch has no oneDNN bf16 convolution there and
+    # falls back to aten's slow_conv2d (99% of the step), ~9 s of CPU per batch-8 step and
+    # ~70 s per batch-64 step (measured, 1 thread); GANKERN_BENCH_CPU_BF16=1 runs it anyway.
     want_bf16 = device.type == "cuda" or os.environ.get("GANKERN_BENCH_CPU_BF16") == "1"
     precisions = [False] + ([True] if want_bf16 and _bf16_autocast_ok(device) else [])
     out = []

@@ -146,34 +146,13 @@ _bias_act_grad_op.register_autograd(_backward_grad, setup_context=_setup_grad)
 # custom ops: a custom-op call pays for argument defaults, the dynamo-disable wrapper, the
 # dispatcher and the generated autograd Function, 70-100 us a call on a 2-core CPU, more than
 # the kernel of a small activation. Under torch.compile the custom ops stay, so graphs (and
-# opcheck) see them. Two more savings only the eager path has:
-#   - grads are not materialized: a None gradient (an output nothing depends on) returns None
-#     instead of running the kernels on zeros. In a gradient penalty the double backward sends
-#     such a None into the forward graph of D(x_hat); a materialized zero there costs a full
-#     backward (every conv's weight and input gradient) of D for nothing.
-#   - db is computed only when the engine will use it: autograd.grad(D(x).sum(), x) (the
-#     penalty's first backward) never needs the bias gradient.
-def _will_use(ctx, i: int) -> bool:
-    """Whether input i's gradient is needed by the backward pass now running."""
-    if not ctx.needs_input_grad[i]:
-        return False
-    node = ctx.next_functions[i][0]
-    if node is None:
-        return False
-    try:
-        return torch._C._will_engine_execute_node(node)
-    except RuntimeError:
-        # torch raises for a leaf that autograd.grad(..., inputs=) captures (so it is needed),
-        # and outside the engine (compiled autograd): needed either way. The raise costs
-        # ~17 us on a 2-core CPU, hence _SKIP_DB_FROM below.
-        return True
-
-
-# The sum for db is skipped when unused only from this many elements up: below it the sum
-# costs less than asking the engine can (see _will_use).
-_SKIP_DB_FROM = 1 << 17
-
-
+# opcheck) see them. And grads are not materialized: a None gradient (an output nothing depends
+# on) returns None instead of running the kernels on zeros. In a gradient penalty the double
+# backward sends such a None into the forward graph of D(x_hat); a materialized zero there costs
+# a full backward (every conv's weight and input gradient) of D for nothing. (db is computed
+# whenever b requires grad, also in the penalty's first backward, which does not use it: asking
+# the engine costs a raise inside torch when autograd.grad captures the bias, and the sums are
+# ~0.1% of a batch-64 D step.)
 class _EagerBiasAct(torch.autograd.Function):
     """y = bias_act(x, b) outside torch.compile; backward through _EagerBiasActGrad."""
 
@@ -196,7 +175,7 @@ class _EagerBiasAct(torch.autograd.Function):
             return None, db, None, None, None, None, None, None
         x, b = ctx.saved_tensors
         args = ctx.args
-        need_b = b is not None and ctx.needs_input_grad[1] and (x.numel() < _SKIP_DB_FROM or _will_use(ctx, 1))
+        need_b = b is not None and ctx.needs_input_grad[1]
         dx = None
         if ctx.needs_input_grad[0] or need_b:
             if torch.is_grad_enabled():  # create_graph=True: the differentiable gradient op
@@ -232,7 +211,7 @@ class _EagerBiasActGrad(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # linear in dy: the same gradient op applied to w
             d_dy = _EagerBiasActGrad.apply(w, x, b, *args) if grad_enabled else \
                 _dispatch(1, backend, x, b, w, None, *args[:5])
-        need_b = b is not None and ctx.needs_input_grad[2] and (x.numel() < _SKIP_DB_FROM or _will_use(ctx, 2))
+        need_b = b is not None and ctx.needs_input_grad[2]
         if act in PIECEWISE_LINEAR:
             # act'' = 0: nothing to compute, but b gets its zero gradient as in plain PyTorch
             # (whose leaky_relu double backward returns zeros), so an optimizer step after a
