@@ -12,26 +12,14 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "gankern/cpu_dispatch.h"
+
 namespace gankern {
 namespace {
 
 // Torch parallelizes elementwise ops from 32K elements (at::internal::GRAIN_SIZE); below that
 // one thread does it, as waking the team costs more than the pass.
 constexpr int64_t kParallelElems = int64_t(1) << 15;
-
-#if defined(__GNUC__)
-#define GK_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define GK_ALWAYS_INLINE inline
-#endif
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define GK_X86_DISPATCH 1
-#define GK_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define GK_X86_DISPATCH 0
-#define GK_TARGET_AVX2
-#endif
 
 template <typename T>
 struct Job {
@@ -92,17 +80,6 @@ void range_generic(const Job<T>& j, int64_t begin, int64_t end) {
 template <int ACT, int MODE, bool CLAMP, typename T>
 GK_TARGET_AVX2 void range_avx2(const Job<T>& j, int64_t begin, int64_t end) {
   body<ACT, MODE, CLAMP, T>(j, begin, end);
-}
-
-// GANKERN_CPU_NO_AVX2=1 runs the baseline loops on an AVX2 machine too (tests compare both).
-bool use_avx2() {
-#if GK_X86_DISPATCH
-  static const bool cpu_has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const char* off = cpu_has ? std::getenv("GANKERN_CPU_NO_AVX2") : nullptr;
-  return cpu_has && !(off && off[0] == '1');
-#else
-  return false;
-#endif
 }
 
 template <int ACT, int MODE, bool CLAMP, typename T>

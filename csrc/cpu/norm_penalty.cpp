@@ -12,37 +12,13 @@
 #include <cstdlib>
 
 #include "gankern/common.h"
+#include "gankern/cpu_dispatch.h"
 
 namespace gankern {
 namespace {
 
 // Torch's grain (32K elements): below it one thread does the pass.
 constexpr int64_t kParallelElems = int64_t(1) << 15;
-
-#if defined(__GNUC__)
-#define GK_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define GK_ALWAYS_INLINE inline
-#endif
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define GK_X86_DISPATCH 1
-#define GK_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define GK_X86_DISPATCH 0
-#define GK_TARGET_AVX2
-#endif
-
-// GANKERN_CPU_NO_AVX2=1 runs the baseline loops on an AVX2 machine too (tests compare both).
-bool use_avx2() {
-#if GK_X86_DISPATCH
-  static const bool cpu_has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const char* off = cpu_has ? std::getenv("GANKERN_CPU_NO_AVX2") : nullptr;
-  return cpu_has && !(off && off[0] == '1');
-#else
-  return false;
-#endif
-}
 
 template <typename T>
 GK_ALWAYS_INLINE double row_sumsq(const T* __restrict row, int64_t N) {
