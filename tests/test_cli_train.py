@@ -53,6 +53,18 @@ def test_toml_config(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
 
 
+def test_lr_decay_flags_reach_the_trainer_and_its_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "grid", "--out", str(out), *TINY, "--lr-decay-start", "2",
+                 "--lr-final", "0.1"]) == 0
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["config"]["lr_decay"] == [2, 4, 0.1]
+    assert ck["d_opt"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * (1 - 0.9 * 0.5))  # step 3 of 2..4
+    out2 = tmp_path / "run2"
+    assert main(["train", "--data", "grid", "--out", str(out2), *TINY]) == 0
+    assert torch.load(out2 / "checkpoint.pt", weights_only=True)["config"]["lr_decay"] is None
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--loss", "minimax"], "loss must be one of"),
     (["--g-lr", "-1"], "g_lr must be a finite number > 0"),
@@ -60,6 +72,8 @@ def test_toml_config(tmp_path, capsys):
     (["--reg", "r3"], "reg must be one of"),
     (["--steps", "x"], "steps must be int"),
     (["--amp", "int8"], "amp must be none, bf16 or fp16"),
+    (["--lr-decay-start", "4"], "lr_decay_start must be in [0, steps)"),
+    (["--lr-decay-start", "1", "--lr-final", "0"], "lr_final must be > 0"),
 ])
 def test_bad_flags_give_one_error_line(tmp_path, capsys, argv, message):
     assert main(["train", "--out", str(tmp_path / "run"), *TINY, *argv]) == 2

@@ -15,6 +15,9 @@ CONFIGS = {
                                  d_l2=1e-3),
     # random interpolation points drawn inside gk.gradient_penalty, n_critic, SN's u/v buffers
     "wgan-gp+n_critic+sn": dict(loss="wgan", reg=WGANGP(1.0), n_critic=2, spectral_norm=True, ema=0.5),
+    # the demo's recipe: lazy R1 + SN + EMA, resumed in the middle of the learning-rate decay
+    "ns+r1-lazy+sn+lr_decay": dict(loss="ns", reg=R1(0.1, every=4), spectral_norm=True, ema=0.9,
+                                   lr_decay=(3, 8, 0.1)),
 }
 
 

@@ -80,6 +80,18 @@ def test_amp_steps_are_finite(amp):
     assert (t.d_scaler is not None) == (amp == "fp16")
 
 
+def test_lr_decay_anneals_both_learning_rates_linearly():
+    # D's lr carries the lazy-R1 correction c = k/(k+1); the decay multiplies both.
+    t = tiny(loss="ns", reg=R1(1.0, every=4), g_lr=1e-2, d_lr=2e-2, ema=None, lr_decay=(2, 6, 0.1))
+    expected = [1.0, 1.0, 1.0, 0.775, 0.55, 0.325, 0.1, 0.1]  # factor used by steps 0..7
+    for factor in expected:
+        t.step(REAL)
+        assert t.g_opt.param_groups[0]["lr"] == pytest.approx(1e-2 * factor, rel=1e-12)
+        assert t.d_opt.param_groups[0]["lr"] == pytest.approx(2e-2 * 0.8 * factor, rel=1e-12)
+    assert t.config()["lr_decay"] == [2, 6, 0.1]
+    assert tiny(loss="ns").lr_factor(10**6) == 1.0
+
+
 def test_spectral_norm_is_applied_to_d():
     t = tiny(loss="hinge", spectral_norm=True, ema=None)
     linears = [m for m in t.D.modules() if isinstance(m, nn.Linear)]
@@ -217,6 +229,9 @@ class Bad(nn.Module):
     (dict(unrolled=-1), "unrolled must be an int >= 0"),
     (dict(d_l2=-1.0), "d_l2 must be"),
     (dict(z_dim=0), "z_dim must be an int >= 1"),
+    (dict(lr_decay=(5, 5, 0.1)), "lr_decay must be None or"),
+    (dict(lr_decay=(0, 10, 0.0)), "lr_decay must be None or"),
+    (dict(lr_decay=(0, 10)), "lr_decay must be None or"),
 ])
 def test_bad_configuration(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -31,6 +31,9 @@ OPTIONS = {
     "beta2": (float, 0.99, "Adam beta2"),
     "n_critic": (int, 1, "D steps per G step"),
     "ema": (float, 0.99, "EMA decay of G (0: no EMA)"),
+    "lr_decay_start": (int, None, "step from which both learning rates fall linearly to --lr-final x "
+                                  "at --steps (default: no decay)"),
+    "lr_final": (float, 0.05, "learning-rate factor reached at --steps under --lr-decay-start"),
     "instance_noise": (float, 0.0, "std of instance noise, annealed to 0"),
     "noise_anneal_steps": (int, 10000, "steps over which instance noise anneals"),
     "d_l2": (float, 0.0, "L2 weight penalty on D"),
@@ -173,6 +176,13 @@ def build_trainer(opts, data):
     for dest in ("z_dim", "hidden", "layers", "batch_size", "steps", "every", "threads"):
         if opts[dest] < 1:
             raise ConfigError(f"{dest} must be >= 1, got {opts[dest]}")
+    lr_decay = None
+    if opts["lr_decay_start"] is not None:
+        if not 0 <= opts["lr_decay_start"] < opts["steps"]:
+            raise ConfigError(f"lr_decay_start must be in [0, steps), got {opts['lr_decay_start']}")
+        if not opts["lr_final"] > 0:
+            raise ConfigError(f"lr_final must be > 0, got {opts['lr_final']}")
+        lr_decay = (opts["lr_decay_start"], opts["steps"], opts["lr_final"])
     image = len(shape) == 3
     # Under SN, D is in_scale-Lipschitz; the ring's 0.02-wide modes need more than 1 (demo.py).
     in_scale = opts["in_scale"] if opts["in_scale"] is not None else (20.0 if shape == (2,) and opts["sn"] else 1.0)
@@ -193,7 +203,7 @@ def build_trainer(opts, data):
                       ema=opts["ema"] or None, instance_noise=opts["instance_noise"],
                       noise_anneal_steps=opts["noise_anneal_steps"], d_l2=opts["d_l2"], amp=amp,
                       spectral_norm=opts["sn"], unrolled=opts["unrolled"], qp_lambda=opts["qp_lambda"],
-                      batch_size=opts["batch_size"], seed=opts["seed"])
+                      batch_size=opts["batch_size"], seed=opts["seed"], lr_decay=lr_decay)
 
 
 def _error(msg, code=2) -> int:

@@ -51,6 +51,21 @@ def _grad_norm(params) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
+def _lr_decay(value):
+    if value is None:
+        return None
+    ok = isinstance(value, (tuple, list)) and len(value) == 3
+    if ok:
+        start, end, final = value
+        ok = (all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end))
+              and 0 <= start < end and isinstance(final, numbers.Real) and not isinstance(final, bool)
+              and math.isfinite(final) and final > 0)
+    if not ok:
+        raise ValueError(f"lr_decay must be None or (start, end, final) with ints 0 <= start < end "
+                         f"and a final factor > 0, got {value!r}")
+    return (start, end, float(final))
+
+
 class GANTrainer:
     """Train G against D. See the module docstring; arguments:
 
@@ -66,6 +81,10 @@ class GANTrainer:
     unrolled: k > 0 updates G against D unrolled k SGD steps (Metz et al. 2017) via torch.func.
     qp_lambda: lambda of the gan-qp loss. z_dim: latent size (default: G.z_dim).
     batch_size: for fit. seed: seeds the trainer's generators (latents, noise, data batches).
+    lr_decay: None, or (start, end, final): both learning rates fall linearly from their values
+        at step `start` to final x those values at step `end` (D steps) and stay there. Annealing
+        the learning rates at the end of a run shrinks Adam's steady jitter around the modes: it is
+        what takes the toy mixtures' high-quality rate above 90% for the raw G, not only the EMA.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, loss: str = "hinge", reg=None, g_lr: float = 2e-4,
@@ -73,7 +92,7 @@ class GANTrainer:
                  instance_noise: float = 0.0, noise_anneal_steps: int = 10_000, d_l2: float = 0.0,
                  amp=False, spectral_norm: bool = False, unrolled: int = 0, qp_lambda: float = 10.0,
                  z_dim: Optional[int] = None, batch_size: int = 64, seed: int = 0,
-                 ema_start: int = 0):
+                 ema_start: int = 0, lr_decay=None):
         if not isinstance(G, nn.Module):
             raise TypeError(f"G must be an nn.Module, got {type(G).__name__}")
         if not isinstance(D, nn.Module):
@@ -108,6 +127,7 @@ class GANTrainer:
         self.batch_size = _count(batch_size, "batch_size", 1)
         self.seed = _count(seed, "seed", 0)
         self.ema_start = _count(ema_start, "ema_start", 0)
+        self.lr_decay = _lr_decay(lr_decay)
         self.z_dim = z_dim if z_dim is not None else getattr(G, "z_dim", None)
         if isinstance(self.z_dim, bool) or not isinstance(self.z_dim, int) or self.z_dim < 1:
             raise ValueError(f"z_dim must be an int >= 1 (pass z_dim= or give G a z_dim attribute), "
@@ -131,6 +151,9 @@ class GANTrainer:
         d_lr_eff, d_betas = lazy_optimizer_args(self.d_lr, self.betas, self.every)
         self.g_opt = torch.optim.Adam(G.parameters(), lr=self.g_lr, betas=self.betas)
         self.d_opt = torch.optim.Adam(D.parameters(), lr=d_lr_eff, betas=d_betas)
+        # lr_decay scales these. By index, not group: load_state_dict replaces the group dicts
+        # (and their decayed lr, which the next step recomputes from these).
+        self._base_lrs = [(opt, [g["lr"] for g in opt.param_groups]) for opt in (self.g_opt, self.d_opt)]
         fp16 = self.amp == "fp16"
         self.g_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16) if fp16 else None
         self.d_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16) if fp16 else None
@@ -191,7 +214,8 @@ class GANTrainer:
                 "instance_noise": self.noise.sigma, "noise_anneal_steps": self.noise.anneal_steps,
                 "d_l2": self.d_l2, "amp": self.amp or False, "spectral_norm": self.spectral_norm,
                 "unrolled": self.unrolled, "qp_lambda": self.qp_lambda, "z_dim": self.z_dim,
-                "batch_size": self.batch_size, "seed": self.seed, "ema_start": self.ema_start}
+                "batch_size": self.batch_size, "seed": self.seed, "ema_start": self.ema_start,
+                "lr_decay": list(self.lr_decay) if self.lr_decay else None}
 
     # -- one step ----------------------------------------------------------------------------
     def _autocast(self):
@@ -287,7 +311,8 @@ class GANTrainer:
             lu = d_loss(self.loss, functional_call(self.D, params, (real_in,)),
                         functional_call(self.D, params, (fake_u,)), real_in, fake_u, qp_lambda=self.qp_lambda)
             grads = torch.autograd.grad(lu, list(params.values()), create_graph=True)
-            params = {n: p - self.d_lr * g for (n, p), g in zip(params.items(), grads)}
+            lr = self.d_lr * self.lr_factor(self.step_count)
+            params = {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
         return lambda x: functional_call(self.D, params, (x,))
 
     def _g_step(self, real) -> dict:
@@ -317,6 +342,11 @@ class GANTrainer:
         losses, D's mean scores and gradient norms as floats. Raises TrainingDiverged, before
         any update is applied, when a loss or gradient is not finite."""
         real = self._check_real(real)
+        if self.lr_decay is not None:
+            factor = self.lr_factor(self.step_count)
+            for opt, lrs in self._base_lrs:
+                for group, lr in zip(opt.param_groups, lrs):
+                    group["lr"] = lr * factor
         out = self._d_step(real)
         self.step_count += 1
         if self.step_count % self.n_critic == 0:
@@ -324,6 +354,14 @@ class GANTrainer:
             self.g_steps += 1
         out["step"] = self.step_count
         return out
+
+    def lr_factor(self, step: int) -> float:
+        """The lr_decay multiplier of both learning rates at D step `step` (1.0 without decay)."""
+        if self.lr_decay is None:
+            return 1.0
+        start, end, final = self.lr_decay
+        t = min(max((step - start) / (end - start), 0.0), 1.0)
+        return 1.0 + (final - 1.0) * t
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
