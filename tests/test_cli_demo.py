@@ -1,26 +1,64 @@
-"""`gankern demo` end to end on tiny settings (the full-length quality run is measured, not
-tested: README "Quality"); one slow-marked smoke test runs the real recipe."""
+"""`gankern demo` end to end on tiny settings (the full-length quality runs are measured, not
+tested: README "Quality"); slow-marked tests run the real recipes."""
 
 import os
 
 import pytest
+import torch
 
 from gankern.cli import main
+from gankern.train import R1, WGANGP, GANTrainer
 
-# The full recipe takes about a minute of CPU time (several on a busy machine): opt in with
-# GANKERN_SLOW=1 (or select it with -m slow) so the default suite stays fast.
+# The full recipes take about a minute of CPU time each on the ring (several on a busy machine)
+# and several minutes on the grid: opt in with GANKERN_SLOW=1 so the default suite stays fast.
 RUN_SLOW = os.environ.get("GANKERN_SLOW") == "1"
 
 
-@pytest.mark.parametrize("reg, sn", [("r1", False), ("wgan-gp", False), ("r1", True)])
-def test_demo_tiny(tmp_path, capsys, reg, sn):
+@pytest.fixture
+def trainers(monkeypatch):
+    """The GANTrainers the demo builds, recorded as they start to fit."""
+    seen = []
+    fit = GANTrainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.append(self)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(GANTrainer, "fit", recording_fit)
+    return seen
+
+
+@pytest.mark.parametrize("data", ["ring", "grid"])
+@pytest.mark.parametrize("reg, flags, sn", [("r1", [], True), ("wgan-gp", [], True),
+                                            ("r1", ["--no-sn"], False), ("wgan-gp", ["--no-sn"], False),
+                                            ("r1", ["--sn"], True)])
+def test_demo_tiny(tmp_path, capsys, trainers, data, reg, flags, sn):
     out = tmp_path / "demo.png"
-    argv = ["demo", "--steps", "3", "--reg", reg, "--out", str(out), "--quiet"] + (["--sn"] if sn else [])
+    argv = ["demo", "--steps", "3", "--reg", reg, "--data", data, "--out", str(out), "--quiet", *flags]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "modes covered" in text and "EMA G" in text and "/8" in text
+    k = 8 if data == "ring" else 25
+    assert "modes covered" in text and "EMA G" in text and f"/{k}" in text
     assert ("spectral norm" in text) == sn
     assert out.read_bytes()[:4] == b"\x89PNG"
+    (t,) = trainers
+    assert t.step_count == 3 and t.spectral_norm == sn and t.ema is not None
+    linears = [m for m in t.D.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(hasattr(m, "parametrizations") == sn for m in linears)
+    assert isinstance(t.regs[0], R1 if reg == "r1" else WGANGP)
+
+
+def test_default_demo_is_lazy_r1_sn_ema_with_annealed_learning_rates(tmp_path, capsys, trainers):
+    assert main(["demo", "--steps", "4", "--out", "", "--quiet"]) == 0
+    assert "spectral norm" in capsys.readouterr().out
+    (t,) = trainers
+    assert t.spectral_norm and t.loss == "ns" and t.ema is not None
+    assert isinstance(t.regs[0], R1) and t.regs[0].every > 1
+    # the decay covers the second half of whatever --steps is, and was applied
+    start, end, final = t.lr_decay
+    assert (start, end) == (2, 4) and 0 < final < 1
+    assert t.g_opt.param_groups[0]["lr"] == pytest.approx(t.g_lr * t.lr_factor(3))
+    assert t.g_opt.param_groups[0]["lr"] < t.g_lr
 
 
 def test_demo_bad_flags(capsys):
@@ -31,11 +69,24 @@ def test_demo_bad_flags(capsys):
     assert len(err) == 3 and all(e.startswith("gankern demo: error: ") for e in err)
 
 
+def _table(text):
+    """{"G": (modes, hq %), "EMA G": (modes, hq %)} from the demo's printed table."""
+    rows = {}
+    for line in text.splitlines():
+        for name in ("EMA G", "G"):
+            if line.startswith(name + " "):
+                cells = line[len(name):].split()
+                rows[name] = (cells[0], float(cells[1].rstrip("%")))
+                break
+    return rows
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not RUN_SLOW, reason="full demo recipe; set GANKERN_SLOW=1 to run it")
-def test_demo_full_recipe_covers_the_ring(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo.png"), "--quiet"]) == 0
-    text = capsys.readouterr().out
-    ema_line = [line for line in text.splitlines() if line.startswith("EMA G")][0]
-    assert "8/8" in ema_line
-    assert float(ema_line.split()[-1].rstrip("%")) >= 90.0
+@pytest.mark.parametrize("argv, modes", [([], "8/8"), (["--reg", "wgan-gp"], "8/8"),
+                                         (["--data", "grid"], "25/25")])
+def test_demo_full_recipe_covers_the_modes(tmp_path, capsys, argv, modes):
+    assert main(["demo", *argv, "--out", str(tmp_path / "demo.png"), "--quiet"]) == 0
+    rows = _table(capsys.readouterr().out)
+    for name in ("G", "EMA G"):
+        assert rows[name][0] == modes and rows[name][1] >= 90.0, rows
