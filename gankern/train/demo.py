@@ -20,11 +20,12 @@ BASE = dict(loss="ns", z_dim=16, hidden=64, layers=3, act="relu", batch_size=256
 # (reg, spectral norm) -> the measured ring recipe (README, "Quality").
 # With SN, D is in_scale-Lipschitz (in_scale 20 for modes 0.02 wide, models.py) and smoother than
 # an unconstrained D, so it gets the larger learning rate (TTUR, 5e-3 vs G's 2e-3). Both learning
-# rates then fall linearly over the second half to lr_final x: Adam's jitter around the modes is
-# what costs high-quality samples, and the anneal takes the raw G past 90%, not only its EMA (an
-# EMA horizon of ~100 steps follows the annealed G closely). R1 is lazy (every 16 steps,
-# StyleGAN2), which also cuts the step time by a fifth. WGAN-GP's linear loss needs the critic
-# ahead of G: 2 D steps per G step and faster learning rates for both.
+# rates then fall linearly over the second half to lr_final x: late in a run the samples that
+# miss sit just outside 3 std or on bridges between modes, the anneal tightens G onto the modes
+# and takes the raw G past 90%, not only its EMA (an EMA horizon of ~100 steps follows the
+# annealed G closely). R1 is lazy (every 16 steps, StyleGAN2), which also cuts the step time by
+# about a fifth. WGAN-GP's linear loss needs the critic ahead of G: 2 D steps per G step and
+# faster learning rates for both.
 RING = {
     ("r1", True): dict(gamma=0.01, reg_every=16, g_lr=2e-3, d_lr=5e-3, ema=0.99, steps=4000,
                        in_scale=20.0, lr_final=0.05),
