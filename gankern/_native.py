@@ -383,14 +383,19 @@ class SnPlan:
         self.code = DTYPE_CODES[weight.dtype]
         self.key = _sn_key(weight, u, v)
         self.cpu = weight.device.type == "cpu"
+        self._pi = self._scale = cpu_backward = None
         if self.cpu:
             self._pi, self._scale = C.sn_power_iteration_cpu, C.sn_scale_cpu
-            self._backward = C.sn_normalize_backward_cpu
+            cpu_backward = C.sn_normalize_backward_cpu
+        # What a backward needs of the forward that ran under this validation: the plan may be
+        # revalidated (model.double(), a new buffer) before an older graph runs its backward.
+        self.spec = (self.code, self.a, self.m, self.b, weight.shape, weight.stride(), weight.dtype,
+                     weight.data_ptr(), cpu_backward)
 
     def train_forward(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_iter: int,
                       eps: float):
         """n_iter power iterations on u, v in place, then W / sigma, in two launches.
-        Returns (W / sigma, sigma, copy of u, copy of v)."""
+        Returns (W / sigma, sigma, copy of u, copy of v, spec for backward)."""
         if _sn_key(weight, u, v) != self.key:
             self._validate(weight, u, v)
         a, m, b = self.a, self.m, self.b
@@ -407,24 +412,28 @@ class SnPlan:
             _launch("sn_power_iteration", weight.device, pi_args,
                     workspace=lambda: _sn_workspace(weight, a, m, b))
             _launch("sn_scale", weight.device, scale_args)
-        return out, sigma, u_copy, v_copy
+        return out, sigma, u_copy, v_copy, self.spec
 
     def backward(self, grad: torch.Tensor, weight: torch.Tensor, u_copy: torch.Tensor,
-                 v_copy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """grad/sigma - (<grad, weight>/sigma^2) u v^T for the tensors train_forward returned."""
-        if _sn_key(weight, u_copy, v_copy)[:5] != self.key[:5]:
-            raise ValueError("weight changed shape, layout or storage between forward and backward")
+                 v_copy: torch.Tensor, sigma: torch.Tensor, spec: tuple) -> torch.Tensor:
+        """grad/sigma - (<grad, weight>/sigma^2) u v^T for the tensors train_forward returned
+        with `spec`. u_copy, v_copy and sigma are train_forward's own; only the weight (a user's
+        tensor, whose .data can be swapped by model.to()) is checked against the forward's."""
+        code, a, m, b, shape, stride, dtype, ptr, cpu_backward = spec
+        if (weight.data_ptr() != ptr or weight.dtype != dtype or weight.shape != shape
+                or weight.stride() != stride):
+            raise ValueError("weight changed shape, layout, dtype or storage between forward and "
+                             "backward")
         if (grad.shape != weight.shape or grad.dtype != weight.dtype or grad.device != weight.device
                 or not grad.is_contiguous()):
             check_tensor(grad, "grad", dtypes=(weight.dtype,), device=weight.device)
             raise ValueError(f"grad must be contiguous with shape {tuple(weight.shape)}, got shape "
                              f"{tuple(grad.shape)}, strides {grad.stride()}")
-        a, m, b = self.a, self.m, self.b
         out = torch.empty_like(weight)
-        args = (self.code, grad.data_ptr(), weight.data_ptr(), a, m, b, u_copy.data_ptr(),
-                v_copy.data_ptr(), sigma.data_ptr(), out.data_ptr())
-        if self.cpu:
-            self._backward(*args)
+        args = (code, grad.data_ptr(), ptr, a, m, b, u_copy.data_ptr(), v_copy.data_ptr(),
+                sigma.data_ptr(), out.data_ptr())
+        if cpu_backward is not None:
+            cpu_backward(*args)
         else:
             _launch("sn_normalize_backward", weight.device, args,
                     workspace=lambda: _sn_workspace(weight, a, m, b))

@@ -253,6 +253,29 @@ def test_training_plan_follows_dtype_and_buffer_changes(backend):
     check_state(a, b, TOL[torch.float32], "after the replaced weight")
 
 
+@pytest.mark.parametrize("backend", NATIVE)
+def test_backward_of_an_older_graph_after_the_weight_changed(backend):
+    # A graph built before model.double() keeps its own sizes and dtype code for the backward
+    # (the plan was revalidated in between): the swapped weight is refused, never read as the
+    # old dtype, and a graph built after the change still equals torch's.
+    models = []
+    for register in (torch_sn, lambda m: gk.spectral_norm(m, impl=backend)):
+        torch.manual_seed(0)
+        models.append(register(nn.Linear(6, 5, bias=False)))
+    a, b = models
+    x = torch.randn(3, 6)
+    a(x)
+    old = b(x).sum()
+    for m in (a, b):
+        m.double()
+    with pytest.raises(ValueError, match="between forward and backward"):
+        old.backward()
+    for m in (a, b):
+        m(x.double()).sum().backward()
+    assert rel_error(b.parametrizations.weight.original.grad,
+                     a.parametrizations.weight.original.grad) <= TOL[torch.float32]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_double_backward_through_training_forward(backend):
     # create_graph=True through a training forward (a penalty on weight gradients): the second

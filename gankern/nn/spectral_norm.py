@@ -132,7 +132,8 @@ class SpectralNorm(nn.Module):
             return spectral_norm_reference(weight, u, v, self.dim, self.n_power_iterations, self.eps,
                                            self.training)
         if self.training:
-            self._cache = None
+            if self._cache is not None:  # nn.Module.__setattr__ costs ~2 us: only when needed
+                self._cache = None
             plan = None
             if backend in ("cpu", "cuda") and not torch.compiler.is_compiling():
                 plan = self._plan

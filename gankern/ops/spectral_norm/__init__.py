@@ -214,8 +214,8 @@ class _EagerTrainForward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, plan, state):
         u, v, n_iter, eps, backend = state
-        out, sigma, u_copy, v_copy = plan.train_forward(weight, u, v, n_iter, eps)
-        ctx.plan, ctx.backend = plan, backend
+        out, sigma, u_copy, v_copy, spec = plan.train_forward(weight, u, v, n_iter, eps)
+        ctx.plan, ctx.spec, ctx.backend = plan, spec, backend
         ctx.save_for_backward(weight, u_copy, v_copy, sigma)
         return out
 
@@ -226,7 +226,7 @@ class _EagerTrainForward(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the differentiable op
             d_weight = _normalize_backward_op(grad, weight, u, v, sigma, ctx.plan.dim, ctx.backend)
         else:
-            d_weight = ctx.plan.backward(grad, weight, u, v, sigma)
+            d_weight = ctx.plan.backward(grad, weight, u, v, sigma, ctx.spec)
         return d_weight, None, None
 
 
