@@ -119,3 +119,35 @@ def test_compiles_without_graph_break():
 
     step(shadow, params)
     assert_close_to_reference(shadow, ref64, torch.float32)
+
+
+@pytest.mark.parametrize("backend", backends_for(IMPLEMENTED))
+def test_eager_update_moves_version_counters(backend):
+    # Outside torch.compile the op's body runs without the dispatcher; a graph that saved a
+    # shadow tensor must still see it as modified, as the op's declared mutation would say.
+    shadow = random_like_sizes([5, 9], torch.float32, DEVICE, seed=11)
+    params = random_like_sizes([5, 9], torch.float32, DEVICE, seed=12)
+    before = [s._version for s in shadow]
+    gk.ops.ema_update_(shadow, params, 0.3, impl=backend)
+    assert all(s._version > v for s, v in zip(shadow, before))
+
+
+@pytest.mark.skipif("cpu" not in backends_for(IMPLEMENTED, torch.device("cpu")),
+                    reason="native CPU kernels not built")
+@pytest.mark.parametrize("isa", ["auto", "baseline"])
+@pytest.mark.parametrize("weight", [0.0625, 0.71])
+def test_cpu_kernel_both_isas(isa, weight, monkeypatch):
+    # The C++ loop is compiled for the baseline ISA and for AVX2+FMA, picked at run time; both
+    # must equal the reference, on both sides of the two-sided lerp, threaded and not.
+    if isa == "baseline":
+        monkeypatch.setenv("GANKERN_CPU_NO_AVX2", "1")
+    sizes = [3, 1000, 300001]  # above kParallelMinElements: threaded over 64K chunks
+    for shadow_dtype, param_dtype in PAIRS:
+        shadow = random_like_sizes(sizes, shadow_dtype, torch.device("cpu"), seed=13)
+        params = random_like_sizes(sizes, param_dtype, torch.device("cpu"), seed=14, scale=3.0)
+        ref64 = ema_update_float64(shadow, params, weight)
+        same_dtype = [s.clone() for s in shadow]
+        gk.ops.ema_update_(same_dtype, params, weight, impl="reference")
+        gk.ops.ema_update_(shadow, params, weight, impl="cpu")
+        for i, (out, ref, same) in enumerate(zip(shadow, ref64, same_dtype)):
+            assert_close_to_reference(out, ref, shadow_dtype, ref_same_dtype=same, name=f"shadow[{i}]")

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "gankern/common.h"
+#include "gankern/cpu_dispatch.h"
 
 namespace gankern {
 namespace {
@@ -11,11 +12,33 @@ namespace {
 constexpr int64_t kChunk = 1 << 16;
 
 // torch.lerp's two-sided formula, so the result matches torch._foreach_lerp_ to the last bit
-// for weights near 0 and near 1 alike.
-template <typename A>
-inline A lerp(A s, A p, A w) {
-  A d = p - s;
-  return w < A(0.5) ? s + w * d : p - d * (A(1) - w);
+// for weights near 0 and near 1 alike. The side is picked once per chunk, outside the loop:
+// a select inside it kept the compiler from vectorizing (0.6x torch's speed on fp32).
+template <typename S, typename P, typename A>
+GK_ALWAYS_INLINE void lerp_range(S* s, const P* p, int64_t begin, int64_t end, A w) {
+  if (w < A(0.5)) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const A si = A(Convert<S>::load(s[i]));
+      s[i] = Convert<S>::store(si + w * (A(Convert<P>::load(p[i])) - si));
+    }
+  } else {
+    const A wc = A(1) - w;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const A pi = A(Convert<P>::load(p[i]));
+      s[i] = Convert<S>::store(pi - (pi - A(Convert<S>::load(s[i]))) * wc);
+    }
+  }
+}
+
+template <typename S, typename P, typename A>
+void lerp_range_generic(S* s, const P* p, int64_t begin, int64_t end, A w) {
+  lerp_range<S, P, A>(s, p, begin, end, w);
+}
+template <typename S, typename P, typename A>
+GK_TARGET_AVX2 void lerp_range_avx2(S* s, const P* p, int64_t begin, int64_t end, A w) {
+  lerp_range<S, P, A>(s, p, begin, end, w);
 }
 
 template <typename S, typename P>
@@ -29,17 +52,19 @@ void ema_kernel(int64_t n, void* const* shadow, const void* const* params, const
       start_of.push_back(s);
     }
   const A w = A(weight);
+  void (*range)(S*, const P*, int64_t, int64_t, A) =
+      use_avx2() ? lerp_range_avx2<S, P, A> : lerp_range_generic<S, P, A>;
   const int64_t jobs = int64_t(tensor_of.size());
   int64_t total = 0;
   for (int64_t t = 0; t < n; ++t) total += numel[t];
-#pragma omp parallel for schedule(static) if (jobs > 1 && total >= kParallelMinElements)
+// Dynamic: the jobs are full 64K chunks and a few tiny tensors (biases), so a static split by
+  // job count leaves one thread up to 1.5x the elements of the other. Each element is written
+  // by exactly one job, so the result does not depend on which thread takes it.
+#pragma omp parallel for schedule(dynamic) if (jobs > 1 && total >= kParallelMinElements)
   for (int64_t j = 0; j < jobs; ++j) {
     const int64_t t = tensor_of[j], begin = start_of[j];
     const int64_t end = begin + kChunk < numel[t] ? begin + kChunk : numel[t];
-    S* s = static_cast<S*>(shadow[t]);
-    const P* p = static_cast<const P*>(params[t]);
-    for (int64_t i = begin; i < end; ++i)
-      s[i] = Convert<S>::store(lerp<A>(A(Convert<S>::load(s[i])), A(Convert<P>::load(p[i])), w));
+    range(static_cast<S*>(shadow[t]), static_cast<const P*>(params[t]), begin, end, w);
   }
 }
 

@@ -17,9 +17,8 @@ from .reference import ema_update_reference_
 IMPLEMENTED = ("reference", "triton", "cuda", "cpu")
 
 
-@torch.library.custom_op("gankern::ema_update_", mutates_args=("shadow",))
-def _ema_update_op(shadow: list[torch.Tensor], params: list[torch.Tensor], weight: float,
-                   weight_tensor: Optional[torch.Tensor], backend: str) -> None:
+def _ema_update_impl(shadow: list[torch.Tensor], params: list[torch.Tensor], weight: float,
+                     weight_tensor: Optional[torch.Tensor], backend: str) -> None:
     # Each path validates exactly once, here, on the real tensors (also when torch.compile
     # traced the caller, or someone calls torch.ops.gankern.ema_update_ directly): the native
     # and Triton paths hand raw pointers to kernels; the reference only needs the aliasing check.
@@ -34,6 +33,9 @@ def _ema_update_op(shadow: list[torch.Tensor], params: list[torch.Tensor], weigh
         ema_update_triton_(shadow, params, w)
     else:
         _native.ema_update_(shadow, params, w)
+
+
+_ema_update_op = torch.library.custom_op("gankern::ema_update_", mutates_args=("shadow",))(_ema_update_impl)
 
 
 @_ema_update_op.register_fake
@@ -66,10 +68,15 @@ def ema_update_(shadow, params, weight, impl: str = "auto") -> None:
     backend = _backend.resolve(impl, device, IMPLEMENTED, op="ema_update_")
     if backend == "reference":  # the other backends check everything inside the op
         _native.check_ema_args(shadow, params, weight, check_overlap=False)
-    if isinstance(weight, torch.Tensor):
-        _ema_update_op(shadow, params, 0.0, weight, backend)
-    else:
-        _ema_update_op(shadow, params, float(weight), None, backend)
+    w, w_tensor = (0.0, weight) if isinstance(weight, torch.Tensor) else (float(weight), None)
+    if torch.compiler.is_compiling():
+        _ema_update_op(shadow, params, w, w_tensor, backend)
+        return
+    # Eager: the op's body without the dispatcher, which costs ~100 us a call with two tensor
+    # lists (as much as the whole update of a small G on a CPU). The version counters move as
+    # the op's declared mutation would move them.
+    _ema_update_impl(shadow, params, w, w_tensor, backend)
+    torch.autograd.graph.increment_version(shadow)
 
 
 class PlannedEmaUpdate:
