@@ -254,7 +254,7 @@ def test_training_plan_follows_dtype_and_buffer_changes(backend):
 
 
 @pytest.mark.parametrize("backend", NATIVE)
-def test_backward_of_an_older_graph_after_the_weight_changed(backend):
+def test_stale_graph_backward_rejects_a_changed_weight(backend):
     # A graph built before model.double() keeps its own sizes and dtype code for the backward
     # (the plan was revalidated in between): the swapped weight is refused, never read as the
     # old dtype, and a graph built after the change still equals torch's.
