@@ -59,22 +59,27 @@ def _byte_range(t: torch.Tensor) -> tuple[int, int]:
 def check_no_overlap(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor],
                      out_name: str, in_name: str) -> None:
     """Outputs written in place may overlap neither each other nor any input (O(n log n))."""
+    # Names are formatted only for the error: this runs every step over hundreds of tensors.
     spans = []
     for i, t in enumerate(outputs):
         if t.numel():
-            spans.append((*_byte_range(t), True, f"{out_name}[{i}]"))
+            spans.append((*_byte_range(t), True, i))
     for i, t in enumerate(inputs):
         if t.numel():
-            spans.append((*_byte_range(t), False, f"{in_name}[{i}]"))
+            spans.append((*_byte_range(t), False, i))
     spans.sort(key=lambda s: s[0])
+
+    def name(span) -> str:
+        return f"{out_name if span[2] else in_name}[{span[3]}]"
+
     # Sweep: keep the open span reaching furthest among outputs and among inputs.
     last_out = last_in = None
     for span in spans:
         start, _, is_out, _ = span
         for prev in (last_out, last_in) if is_out else (last_out,):
             if prev is not None and prev[1] > start:
-                raise ValueError(f"{span[3]} overlaps {prev[3]} in memory; an in-place output must not "
-                                 f"alias another output or an input")
+                raise ValueError(f"{name(span)} overlaps {name(prev)} in memory; an in-place output must "
+                                 f"not alias another output or an input")
         if is_out:
             last_out = span if last_out is None or span[1] > last_out[1] else last_out
         else:

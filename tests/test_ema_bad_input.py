@@ -58,8 +58,10 @@ def test_shadow_aliasing_a_param_is_rejected():
 
 def test_shadows_aliasing_each_other_are_rejected():
     base = torch.randn(10)
-    with pytest.raises(ValueError, match="overlaps"):
+    with pytest.raises(ValueError, match=r"shadow\[1\] overlaps shadow\[0\]"):
         gk.ops.ema_update_([base[:6], base[5:]], [torch.randn(6), torch.randn(5)], 0.1)
+    with pytest.raises(ValueError, match=r"shadow\[0\] overlaps params\[1\]"):
+        gk.ops.ema_update_([base[3:6], torch.randn(4)], [torch.randn(3), base[:4]], 0.1)
 
 
 def test_params_may_share_memory():
