@@ -17,10 +17,6 @@
 namespace gankern {
 namespace {
 
-// Torch parallelizes elementwise ops from 32K elements (at::internal::GRAIN_SIZE); below that
-// one thread does it, as waking the team costs more than the pass.
-constexpr int64_t kParallelElems = int64_t(1) << 15;
-
 template <typename T>
 struct Job {
   using A = typename Acc<T>::type;
@@ -89,7 +85,7 @@ void run(const Job<T>& j) {
   // Elements of one run (one bias value, or one row of C when inner == 1); no bias: any split.
   const int64_t unit = !j.bias ? 1 : (j.inner == 1 ? j.C : j.inner);
   const int64_t runs = j.n / unit;
-  if (j.n < kParallelElems) {
+  if (j.n < kParallelGrain) {
     range(j, 0, j.n);
     return;
   }

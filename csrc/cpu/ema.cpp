@@ -57,7 +57,7 @@ void ema_kernel(int64_t n, void* const* shadow, const void* const* params, const
   const int64_t jobs = int64_t(tensor_of.size());
   int64_t total = 0;
   for (int64_t t = 0; t < n; ++t) total += numel[t];
-// Dynamic: the jobs are full 64K chunks and a few tiny tensors (biases), so a static split by
+  // Dynamic: the jobs are full 64K chunks and a few tiny tensors (biases), so a static split by
   // job count leaves one thread up to 1.5x the elements of the other. Each element is written
   // by exactly one job, so the result does not depend on which thread takes it.
 #pragma omp parallel for schedule(dynamic) if (jobs > 1 && total >= kParallelMinElements)

@@ -17,9 +17,6 @@
 namespace gankern {
 namespace {
 
-// Torch's grain (32K elements): below it one thread does the pass.
-constexpr int64_t kParallelElems = int64_t(1) << 15;
-
 template <typename T>
 GK_ALWAYS_INLINE double row_sumsq(const T* __restrict row, int64_t N) {
   double acc = 0.0;
@@ -55,7 +52,7 @@ void forward(const T* g, typename Acc<T>::type* norms, typename Acc<T>::type* pe
              int64_t N, double center, double weight) {
   using A = typename Acc<T>::type;
   double (*sumsq)(const T*, int64_t) = use_avx2() ? row_sumsq_avx2<T> : row_sumsq_generic<T>;
-#pragma omp parallel for schedule(static) if (B > 1 && B * N >= kParallelElems)
+#pragma omp parallel for schedule(static) if (B > 1 && B * N >= kParallelGrain)
   for (int64_t i = 0; i < B; ++i) norms[i] = A(std::sqrt(sumsq(g + i * N, N)));
   double total = 0.0;
   for (int64_t i = 0; i < B; ++i) {
@@ -72,7 +69,7 @@ void backward(const typename Acc<T>::type* gp, const typename Acc<T>::type* gn, 
   using A = typename Acc<T>::type;
   void (*scale)(const T*, T*, int64_t, A) = use_avx2() ? row_scale_avx2<T> : row_scale_generic<T>;
   const A s = A(double(*gp) * 2.0 * weight / double(B));
-#pragma omp parallel for schedule(static) if (B > 1 && B * N >= kParallelElems)
+#pragma omp parallel for schedule(static) if (B > 1 && B * N >= kParallelGrain)
   for (int64_t i = 0; i < B; ++i) {
     const A n = norms[i];
     const A inv = n > A(0) ? A(1) / n : A(0);  // a zero row has gradient 0, never NaN

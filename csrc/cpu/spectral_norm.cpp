@@ -18,8 +18,6 @@
 namespace gankern {
 namespace {
 
-constexpr int64_t kParallelElems = int64_t(1) << 15;
-
 // kLanes independent partial sums: one accumulator would make every add wait for the last
 // (latency-bound at ~1 element per cycle); this keeps the vector units busy.
 constexpr int64_t kLanes = 16;
@@ -85,7 +83,7 @@ void power_iteration(const T* w, int64_t Aa, int64_t M, int64_t B, T* u, T* v, i
   const int64_t K = Aa * B;
   std::vector<A> vin(K), t(M), s(K);
   double sig = 0.0;
-  const bool parallel = M * K >= kParallelElems;
+  const bool parallel = M * K >= kParallelGrain;
   for (int64_t it = 0; it < n_iter; ++it) {
     for (int64_t k = 0; k < K; ++k) vin[k] = A(Convert<T>::load(v[k]));
     std::fill(s.begin(), s.end(), A(0));
@@ -140,7 +138,7 @@ void sigma_of(const T* w, int64_t Aa, int64_t M, int64_t B, const T* u, const T*
   std::vector<A> vin(K);
   for (int64_t k = 0; k < K; ++k) vin[k] = A(Convert<T>::load(v[k]));
   double acc = 0.0;
-#pragma omp parallel for reduction(+ : acc) schedule(static) if (M * K >= kParallelElems)
+#pragma omp parallel for reduction(+ : acc) schedule(static) if (M * K >= kParallelGrain)
   for (int64_t i = 0; i < M; ++i)
     acc += double(Convert<T>::load(u[i])) * double(row_dot(w, vin.data(), Aa, M, B, i));
   *sigma = Convert<T>::store(A(acc));
@@ -151,7 +149,7 @@ void scale(const T* w, int64_t n, const T* sigma, T* out) {
   using A = typename Acc<T>::type;
   // A multiply by 1/sigma (within an ulp of torch's division, and several times cheaper).
   const A r = A(1) / A(Convert<T>::load(*sigma));
-#pragma omp parallel for simd schedule(static) if (n >= kParallelElems)
+#pragma omp parallel for simd schedule(static) if (n >= kParallelGrain)
   for (int64_t j = 0; j < n; ++j) out[j] = Convert<T>::store(A(Convert<T>::load(w[j])) * r);
 }
 
@@ -160,7 +158,7 @@ void normalize_backward(const T* g, const T* w, int64_t Aa, int64_t M, int64_t B
                         const T* v, const T* sigma, T* out) {
   using A = typename Acc<T>::type;
   const int64_t n = Aa * M * B;
-  const bool parallel = n >= kParallelElems;
+  const bool parallel = n >= kParallelGrain;
   A s;
   if (sigma) {
     s = A(Convert<T>::load(*sigma));

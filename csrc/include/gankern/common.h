@@ -18,6 +18,11 @@ namespace gankern {
 // gains (EMA over an SNGAN-32 G: 2.86 ms serial -> 2.36 ms threaded) and tiny updates stay serial.
 constexpr int64_t kParallelMinElements = int64_t(1) << 18;
 
+// The per-call kernels of a training step (bias_act, norm_penalty, spectral norm) go parallel
+// from torch's own grain (at::internal::GRAIN_SIZE, 32K elements), as torch's elementwise ops
+// beside them do: below it one thread does the pass, as waking the team costs more.
+constexpr int64_t kParallelGrain = int64_t(1) << 15;
+
 // Must match gankern/_native.py:DTYPE_CODES.
 enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
