@@ -167,3 +167,26 @@ def test_overhead_over_a_floor_implementation():
     if by["fast"].overhead_s > 0 and by["base"].overhead_s > 0:
         assert by["fast"].overhead_ratio == pytest.approx(by["base"].overhead_s / by["fast"].overhead_s)
     assert ("smaller than *" in by["fast"].note) == (by["fast"].overhead_ratio is not None)
+
+
+def test_measured_floor_is_a_same_protocol_copy_of_the_case_bytes(monkeypatch):
+    # With measure_floor the floor comes from floor_copy_time (a copy of the case's own bytes,
+    # timed like the case), not from the DRAM bandwidth passed in; % floor is taken against it.
+    asked = []
+
+    def fake_floor(nbytes, device, cfg):
+        asked.append(nbytes)
+        return 1e-3
+
+    monkeypatch.setattr(runner, "floor_copy_time", fake_floor)
+    case, _ = _toy_case()
+    res = runner.run_case(case, torch.device("cpu"), FAST, bandwidth=1e9, measure_floor=True)
+    assert asked == [257 * 16] and res.floor_s == pytest.approx(1e-3)
+    good = next(r for r in res.impls if r.label == "good")
+    assert good.pct_floor == pytest.approx(100.0 * 1e-3 / good.time_s)
+
+
+def test_floor_copy_time_scales_with_bytes_and_is_finite():
+    small = runner.floor_copy_time(1 << 16, torch.device("cpu"), FAST)
+    big = runner.floor_copy_time(1 << 24, torch.device("cpu"), FAST)
+    assert 0 < small < big < 1.0  # 16 MiB cannot move faster than 64 KiB on any machine
