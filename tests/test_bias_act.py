@@ -27,7 +27,7 @@ def plain(x, b, act, alpha, gain, clamp, dim):
     z = x + b.reshape(shape)
     fn = {"linear": lambda t: t, "relu": F.relu, "lrelu": lambda t: F.leaky_relu(t, alpha),
           "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": F.silu, "softplus": F.softplus,
-          "elu": lambda t: F.elu(t, alpha)}[act]
+          "elu": lambda t: F.elu(t, alpha), "selu": F.selu}[act]
     y = fn(z) * gain
     return y if clamp is None else y.clamp(-clamp, clamp)
 
@@ -158,6 +158,9 @@ def test_bad_input():
         (dict(b=torch.randn(4)), ValueError, "b must have x.shape"),
         (dict(b=torch.randn(3, 1)), ValueError, "b must have 1 dims"),
         (dict(b=torch.ones(3, dtype=torch.int64)), TypeError, "b must"),
+        # A float64 bias on float32 x would be rounded silently (torch's x + b promotes instead).
+        (dict(b=torch.randn(3, dtype=torch.float64)), TypeError, "b must have a dtype .*float64"),
+        (dict(x=x.half(), b=torch.randn(3, dtype=torch.float64)), TypeError, "b must have a dtype"),
         (dict(act="gelu"), ValueError, "act must be one of"),
         (dict(act=1), TypeError, "act must be a str"),
         (dict(dim=3), ValueError, "dim must be in"),
@@ -172,6 +175,25 @@ def test_bad_input():
         args.update(bad)
         with pytest.raises(exc, match=match):
             bias_act(args.pop("x"), args.pop("b"), **args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_swish_is_silu_and_bias_dtypes_held_exactly(backend):
+    x = torch.randn(2, 3, 5, device=DEVICE)
+    b = torch.randn(3, device=DEVICE)
+    assert torch.equal(bias_act(x, b, "swish", impl=backend), bias_act(x, b, "silu", impl=backend))
+    assert gk.nn.BiasAct(3, act="swish").act == "swish"
+    # Lower-precision biases are exact in the float32 computation: accepted, same as upcast first.
+    for low in (torch.float16, torch.bfloat16):
+        bl = b.to(low)
+        torch.testing.assert_close(bias_act(x, bl, impl=backend), bias_act(x, bl.float(), impl=backend),
+                                   rtol=0, atol=0)
+    # A float32 bias on 16-bit x is the mixed-precision case: computed in float32, rounded once.
+    xh = x.to(torch.bfloat16)
+    y = bias_act(xh, b, "selu", gain=1.5, impl=backend)
+    expected = (F.selu(xh.float() + b[:, None]) * 1.5).to(torch.bfloat16)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
 
 
 def test_public_names():

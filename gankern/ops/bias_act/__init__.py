@@ -15,8 +15,9 @@ import torch
 
 from ... import _backend, _native
 from ..._checks import FLOAT_DTYPES, check_tensor, is_dense
-from .reference import (ACTS, DEFAULT_ALPHA, PIECEWISE_LINEAR, acc_dtype, bias_act_grad2_reference,
-                        bias_act_grad_reference, bias_act_reference)
+from .reference import (ACT_ALIASES, ACTS, DEFAULT_ALPHA, PIECEWISE_LINEAR, acc_dtype,
+                        bias_act_grad2_reference, bias_act_grad_reference, bias_act_reference,
+                        kernel_form)
 
 IMPLEMENTED = ("reference", "triton", "cuda", "cpu")
 
@@ -39,11 +40,12 @@ def _dispatch(mode, backend, x, b, dy, v, act, alpha, gain, clamp, dim):
     v = None if v is None else _like(v, x)
     channels = x.shape[dim] if b is not None else 1
     inner = x.stride(dim) if b is not None else 1
+    code, alpha, gain = kernel_form(act, alpha, gain)
     if backend == "triton":
         from .triton import bias_act_triton
 
-        return bias_act_triton(mode, ACTS[act], x, b, dy, v, alpha, gain, clamp, inner, channels)
-    return _native.bias_act(mode, ACTS[act], x, b, dy, v, alpha, gain, clamp, inner, channels)
+        return bias_act_triton(mode, code, x, b, dy, v, alpha, gain, clamp, inner, channels)
+    return _native.bias_act(mode, code, x, b, dy, v, alpha, gain, clamp, inner, channels)
 
 
 @torch.library.custom_op("gankern::bias_act", mutates_args=())
@@ -240,13 +242,29 @@ def _float_arg(v, name: str, *, min_value: Optional[float] = None) -> float:
     return v
 
 
+# The bias dtypes whose values the accumulation dtype of x holds exactly. A float64 bias on a
+# 32- or 16-bit x would be rounded silently (torch's x + b would instead promote the result to
+# float64, which a fused op writing x's dtype cannot do): it is refused, naming b.
+_EXACT_BIAS_DTYPES = {
+    torch.float64: FLOAT_DTYPES,
+    torch.float32: (torch.float32, torch.float16, torch.bfloat16),
+}
+
+
+def canonical_act(act) -> str:
+    """The activation's own name (aliases such as "swish" mapped); raises on unknown names."""
+    if not isinstance(act, str):
+        raise TypeError(f"act must be a str, got {type(act).__name__}")
+    name = ACT_ALIASES.get(act, act)
+    if name not in ACTS:
+        raise ValueError(f"act must be one of {tuple(ACTS) + tuple(ACT_ALIASES)}, got {act!r}")
+    return name
+
+
 def check_bias_act_args(x, b, act, alpha, gain, clamp, dim):
     """Validate a bias_act call; returns (alpha, gain, clamp, dim) normalized."""
     check_tensor(x, "x", dtypes=FLOAT_DTYPES)
-    if not isinstance(act, str):
-        raise TypeError(f"act must be a str, got {type(act).__name__}")
-    if act not in ACTS:
-        raise ValueError(f"act must be one of {tuple(ACTS)}, got {act!r}")
+    act = canonical_act(act)
     alpha = _float_arg(DEFAULT_ALPHA.get(act, 0.0) if alpha is None else alpha, "alpha")
     gain = _float_arg(gain, "gain")
     clamp = None if clamp is None else _float_arg(clamp, "clamp", min_value=0.0)
@@ -259,6 +277,11 @@ def check_bias_act_args(x, b, act, alpha, gain, clamp, dim):
             raise ValueError(f"dim must be in [{-x.dim()}, {x.dim()}) for x of shape {tuple(x.shape)}, got {dim}")
         dim = dim % x.dim()
         check_tensor(b, "b", dtypes=FLOAT_DTYPES, device=x.device, ndim=1)
+        exact = _EXACT_BIAS_DTYPES[acc_dtype(x.dtype)]
+        if b.dtype not in exact:
+            raise TypeError(f"b must have a dtype that {x.dtype} x is computed in exactly "
+                            f"({', '.join(str(d) for d in exact)}), got {b.dtype}: it would be "
+                            f"rounded silently; cast b to x's dtype or x to {b.dtype}")
         if b.shape[0] != x.shape[dim]:
             raise ValueError(f"b must have x.shape[{dim}] = {x.shape[dim]} elements, got {b.shape[0]}")
     else:
@@ -271,12 +294,16 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "lrel
              dim: int = 1, impl: str = "auto") -> torch.Tensor:
     """clamp(act(x + b) * gain, -clamp, clamp), b broadcast along `dim`.
 
-    act: linear, relu, lrelu, tanh, sigmoid, silu, softplus (torch's, threshold 20) or elu.
-    alpha: the slope of lrelu (default 0.2) or the alpha of elu (default 1.0).
+    act: linear, relu, lrelu, tanh, sigmoid, silu (also called swish), softplus (torch's,
+    threshold 20), elu or selu (torch's fixed constants).
+    alpha: the slope of lrelu (default 0.2) or the alpha of elu (default 1.0); others ignore it.
+    b: x's dtype, or any float dtype x's computation holds exactly (a float32 bias on fp16/bf16
+    x is fine, a float64 bias on float32 x is a TypeError).
     Any dense memory format is kept (channels_last in, channels_last out); fp16/bf16 are
     computed in fp32 and rounded once. Differentiable twice, through fused gradient ops.
     """
     alpha, gain, clamp, dim = check_bias_act_args(x, b, act, alpha, gain, clamp, dim)
+    act = canonical_act(act)
     backend = _backend.resolve(impl, x.device, IMPLEMENTED, op="bias_act")
     if not is_dense(x):
         x = x.contiguous()

@@ -14,10 +14,25 @@ import torch
 import torch.nn.functional as F
 
 # Must match csrc/include/gankern/bias_act.h:Act.
-ACTS = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4, "silu": 5, "softplus": 6, "elu": 7}
+# selu has no kernel code of its own: selu(z) = SELU_SCALE * elu(z, SELU_ALPHA), so the kernels
+# run it as their elu with alpha = SELU_ALPHA and the scale folded into gain (kernel_form).
+ACTS = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4, "silu": 5, "softplus": 6, "elu": 7,
+        "selu": 7}
+# Other names of the same function (StyleGAN2-ADA calls silu "swish"); bias_act maps them first.
+ACT_ALIASES = {"swish": "silu"}
+# torch.nn.functional.selu's fixed constants (Klambauer et al. 2017); selu ignores alpha.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
 # act''(z) == 0 almost everywhere: their second-order term is skipped, not computed.
 PIECEWISE_LINEAR = ("linear", "relu", "lrelu")
 DEFAULT_ALPHA = {"lrelu": 0.2, "elu": 1.0}
+
+
+def kernel_form(act: str, alpha: float, gain: float):
+    """(kernel code, alpha, gain) the kernels compute `act` with; the clamp sees the same u."""
+    if act == "selu":
+        return ACTS["elu"], SELU_ALPHA, gain * SELU_SCALE
+    return ACTS[act], alpha, gain
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -52,6 +67,8 @@ def act_reference(z: torch.Tensor, act: str, alpha: float) -> torch.Tensor:
         return F.softplus(z)
     if act == "elu":
         return F.elu(z, alpha)
+    if act == "selu":
+        return F.selu(z)
     raise ValueError(f"unknown act {act!r}")
 
 
@@ -87,6 +104,9 @@ def derivatives(z: torch.Tensor, act: str, alpha: float):
     if act == "elu":
         e = alpha * torch.exp(torch.clamp(z, max=0))
         return torch.where(z > 0, 1.0, e), torch.where(z > 0, 0.0, e)
+    if act == "selu":
+        e = SELU_SCALE * SELU_ALPHA * torch.exp(torch.clamp(z, max=0))
+        return torch.where(z > 0, SELU_SCALE, e), torch.where(z > 0, 0.0, e)
     raise ValueError(f"unknown act {act!r}")
 
 
