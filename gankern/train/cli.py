@@ -215,7 +215,7 @@ def main(args) -> int:
     import torch
 
     from .checkpoint import CheckpointError
-    from .fit_loop import TrainingInterrupted
+    from .errors import TrainingInterrupted
     from .trainer import GANTrainer, TrainingDiverged
 
     try:

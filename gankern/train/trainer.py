@@ -20,16 +20,15 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .distributed import all_reduce_grads_, broadcast_, shard, world
+from .errors import TrainingDiverged
+from .fit_loop import run_fit
 from .losses import LOSSES, check_loss, d_loss, g_loss, needs_real_scores_for_g
+from .models import infer_z_dim
 from .lazy import lazy_optimizer_args
 from .regularizers import (InstanceNoise, as_list, from_config, l2_penalty,
                            lazy_interval)
 
 AMP_MODES = {False: None, None: None, "none": None, True: "bf16", "bf16": "bf16", "fp16": "fp16"}
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss or gradient became NaN/Inf; raised before the optimizer step that would apply it."""
 
 
 def _lr(value, name):
@@ -79,7 +78,8 @@ class GANTrainer:
     amp: False, "bf16" (autocast; True means this) or "fp16" (autocast + GradScaler).
     spectral_norm: wrap every Linear/Conv of D with gk.spectral_norm.
     unrolled: k > 0 updates G against D unrolled k SGD steps (Metz et al. 2017) via torch.func.
-    qp_lambda: lambda of the gan-qp loss. z_dim: latent size (default: G.z_dim).
+    qp_lambda: lambda of the gan-qp loss. z_dim: latent size (default: G.z_dim, else
+        the in_features of G's first layer when it is an nn.Linear).
     batch_size: for fit. seed: seeds the trainer's generators (latents, noise, data batches).
     lr_decay: None, or (start, end, final): both learning rates fall linearly from their values
         at step `start` to final x those values at step `end` (D steps) and stay there. Annealing
@@ -128,10 +128,10 @@ class GANTrainer:
         self.seed = _count(seed, "seed", 0)
         self.ema_start = _count(ema_start, "ema_start", 0)
         self.lr_decay = _lr_decay(lr_decay)
-        self.z_dim = z_dim if z_dim is not None else getattr(G, "z_dim", None)
+        self.z_dim = z_dim if z_dim is not None else infer_z_dim(G)
         if isinstance(self.z_dim, bool) or not isinstance(self.z_dim, int) or self.z_dim < 1:
-            raise ValueError(f"z_dim must be an int >= 1 (pass z_dim= or give G a z_dim attribute), "
-                             f"got {self.z_dim!r}")
+            raise ValueError(f"z_dim must be an int >= 1 (pass z_dim=, give G a z_dim attribute, or "
+                             f"start G with an nn.Linear), got {self.z_dim!r}")
 
         self.G, self.D = G, D
         params = list(G.parameters())
@@ -392,8 +392,6 @@ class GANTrainer:
         mixtures, modes covered / high-quality rate of raw and EMA G), and out_dir/checkpoint.pt.
         Returns the list of logged records.
         """
-        from .fit_loop import run_fit
-
         return run_fit(self, data, steps, out_dir=out_dir, every=every, progress=progress,
                        metrics_fn=metrics_fn)
 
@@ -430,7 +428,8 @@ class GANTrainer:
     @classmethod
     def load(cls, path, G: Optional[nn.Module] = None, D: Optional[nn.Module] = None, **overrides):
         """A trainer restored from save(path). G and D are rebuilt when they are gankern's
-        built-in models (gankern.train.models), else pass freshly constructed ones. overrides
+        built-in models or plain nn.Sequential stacks of torch.nn layers (gankern.train.models
+        lists them), else pass freshly constructed ones. overrides
         replace config entries that do not change the state (e.g. an ema schedule callable)."""
         from .models import build
 
