@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "gankern/bias_act.h"
+#include "gankern/launch.h"
 
 namespace gankern {
 namespace {
@@ -33,7 +34,7 @@ int launch(const void* x, const void* bias, const void* dy, const void* v, void*
   using A = typename Acc<T>::type;
   int64_t blocks = (n + kThreads - 1) / kThreads;
   blocks = blocks > 65536 ? 65536 : (blocks < 1 ? 1 : blocks);
-  bias_act_kernel<ACT, MODE, T><<<unsigned(blocks), kThreads, 0, s>>>(
+  launch_kernel(bias_act_kernel<ACT, MODE, T>, unsigned(blocks), kThreads, 0, s,
       static_cast<const T*>(x), static_cast<const A*>(bias), static_cast<const T*>(dy),
       static_cast<const T*>(v), static_cast<T*>(out), n, C, inner, alpha, gain, clamp, hc);
   return int(cudaGetLastError());

@@ -6,6 +6,7 @@
 
 #include "gankern/common.h"
 #include "gankern/ema.h"
+#include "gankern/launch.h"
 
 namespace gankern {
 namespace {
@@ -65,7 +66,7 @@ int launch(int64_t n, void* const* shadow, const void* const* params, const int6
       const bool last_chunk = c == chunks - 1;
       const bool tensors_full = n_tensors + 1 == kMaxTensors && last_chunk;
       if (table_full || tensors_full) {
-        ema_kernel<S, P><<<n_blocks, kThreads, 0, stream>>>(table, weight, weight_ptr);
+        launch_kernel(ema_kernel<S, P>, n_blocks, kThreads, 0, stream, table, weight, weight_ptr);
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess) return int(err);
         n_blocks = 0;
@@ -82,7 +83,7 @@ int launch(int64_t n, void* const* shadow, const void* const* params, const int6
     ++n_tensors;
   }
   if (n_blocks > 0) {
-    ema_kernel<S, P><<<n_blocks, kThreads, 0, stream>>>(table, weight, weight_ptr);
+    launch_kernel(ema_kernel<S, P>, n_blocks, kThreads, 0, stream, table, weight, weight_ptr);
     return int(cudaGetLastError());
   }
   return 0;

@@ -6,6 +6,7 @@
 
 #include "gankern/common.h"
 #include "gankern/norm_penalty.h"
+#include "gankern/launch.h"
 
 namespace gankern {
 namespace {
@@ -74,8 +75,8 @@ template <typename T>
 int forward(const void* g, void* norms, void* penalty, int64_t B, int64_t N, double c, double w,
             cudaStream_t stream) {
   using A = typename Acc<T>::type;
-  row_norm_kernel<T><<<unsigned(B), kThreads, 0, stream>>>(static_cast<const T*>(g), static_cast<A*>(norms), N);
-  penalty_kernel<A><<<1, kThreads, 0, stream>>>(static_cast<const A*>(norms), static_cast<A*>(penalty), B, c, w);
+  launch_kernel(row_norm_kernel<T>, unsigned(B), kThreads, 0, stream, static_cast<const T*>(g), static_cast<A*>(norms), N);
+  launch_kernel(penalty_kernel<A>, 1, kThreads, 0, stream, static_cast<const A*>(norms), static_cast<A*>(penalty), B, c, w);
   return int(cudaGetLastError());
 }
 
@@ -85,7 +86,7 @@ int backward(const void* gp, const void* gn, const void* g, const void* norms, v
   using A = typename Acc<T>::type;
   int64_t x = (N + kThreads * 4 - 1) / (kThreads * 4);
   dim3 grid(unsigned(x < 1 ? 1 : (x > 65535 ? 65535 : x)), unsigned(B));
-  backward_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const A*>(gp), static_cast<const A*>(gn),
+  launch_kernel(backward_kernel<T>, grid, kThreads, 0, stream, static_cast<const A*>(gp), static_cast<const A*>(gn),
                                                     static_cast<const T*>(g), static_cast<const A*>(norms),
                                                     static_cast<T*>(out), B, N, c, w);
   return int(cudaGetLastError());

@@ -12,6 +12,7 @@
 
 #include "gankern/common.h"
 #include "gankern/spectral_norm.h"
+#include "gankern/launch.h"
 
 namespace gankern {
 namespace {
@@ -202,11 +203,11 @@ int power_iteration(const void* wp, int64_t Aa, int64_t M, int64_t B, void* up, 
   A* ws = static_cast<A*>(work);
   A *t = Workspace::t(ws), *s = Workspace::s(ws, M), *sc = Workspace::scalars(ws, M, K);
   for (int64_t it = 0; it < n_iter; ++it) {
-    rows_dot<T, T, A><<<int(M), kThreads, 0, stream>>>(w, v, Aa, M, B, t);
-    normalize_u<T, A><<<1, kSingleBlock, 0, stream>>>(t, M, eps, u, sc);
-    cols_dot<T, A><<<int((K + kThreads - 1) / kThreads), kThreads, 0, stream>>>(w, t, Aa, M, B, sc, s);
+    launch_kernel(rows_dot<T, T, A>, int(M), kThreads, 0, stream, w, v, Aa, M, B, t);
+    launch_kernel(normalize_u<T, A>, 1, kSingleBlock, 0, stream, t, M, eps, u, sc);
+    launch_kernel(cols_dot<T, A>, int((K + kThreads - 1) / kThreads), kThreads, 0, stream, w, t, Aa, M, B, sc, s);
     const bool last = it == n_iter - 1;
-    finalize_v<T, A><<<1, kSingleBlock, 0, stream>>>(s, K, M, eps, v, u, last, static_cast<T*>(sigma),
+    launch_kernel(finalize_v<T, A>, 1, kSingleBlock, 0, stream, s, K, M, eps, v, u, last, static_cast<T*>(sigma),
                                                      static_cast<T*>(u_copy), static_cast<T*>(v_copy));
   }
   return int(cudaGetLastError());
@@ -218,8 +219,8 @@ void launch_sigma(const T* w, int64_t Aa, int64_t M, int64_t B, const T* u, cons
   using A = typename Acc<T>::type;
   const int64_t K = Aa * B;
   A *t = Workspace::t(ws), *sc = Workspace::scalars(ws, M, K);
-  rows_dot<T, T, A><<<int(M), kThreads, 0, stream>>>(w, v, Aa, M, B, t);
-  dot_u<T, A><<<1, kSingleBlock, 0, stream>>>(u, t, M, sc, sigma);
+  launch_kernel(rows_dot<T, T, A>, int(M), kThreads, 0, stream, w, v, Aa, M, B, t);
+  launch_kernel(dot_u<T, A>, 1, kSingleBlock, 0, stream, u, t, M, sc, sigma);
 }
 
 template <typename T>
@@ -234,7 +235,7 @@ int sigma_of(const void* w, int64_t Aa, int64_t M, int64_t B, const void* u, con
 template <typename T>
 int scale(const void* w, int64_t n, const void* sigma, void* out, cudaStream_t stream) {
   using A = typename Acc<T>::type;
-  scale_kernel<T, A><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const T*>(w), n,
+  launch_kernel(scale_kernel<T, A>, grid_for(n), kThreads, 0, stream, static_cast<const T*>(w), n,
                                                            static_cast<const T*>(sigma),
                                                            static_cast<T*>(out));
   return int(cudaGetLastError());
@@ -252,10 +253,10 @@ int normalize_backward(const void* gp, const void* wp, int64_t Aa, int64_t M, in
   A *sc = Workspace::scalars(ws, M, K), *partials = Workspace::partials(ws, M, K);
   if (!sigma) launch_sigma<T>(w, Aa, M, B, u, v, nullptr, ws, stream);  // sigma = u^T W v
   const int n_partials = grid_for(n) < kMaxPartials ? grid_for(n) : kMaxPartials;
-  grad_dot_partials<T, A><<<n_partials, kThreads, 0, stream>>>(g, w, n, partials);
-  backward_coefficients<T, A><<<1, kSingleBlock, 0, stream>>>(partials, n_partials,
+  launch_kernel(grad_dot_partials<T, A>, n_partials, kThreads, 0, stream, g, w, n, partials);
+  launch_kernel(backward_coefficients<T, A>, 1, kSingleBlock, 0, stream, partials, n_partials,
                                                              static_cast<const T*>(sigma), sc);
-  backward_apply<T, A><<<grid_for(n), kThreads, 0, stream>>>(g, u, v, M, B, n, sc, static_cast<T*>(outp));
+  launch_kernel(backward_apply<T, A>, grid_for(n), kThreads, 0, stream, g, u, v, M, B, n, sc, static_cast<T*>(outp));
   return int(cudaGetLastError());
 }
 
