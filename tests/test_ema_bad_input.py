@@ -103,3 +103,31 @@ def test_ema_module_rejects_a_different_model():
     with pytest.raises(ValueError, match="shape"):
         ema.update(torch.nn.Linear(3, 4))
     assert ema.step == 0
+
+
+@pytest.mark.parametrize("backend", backends_for(IMPLEMENTED, torch.device("cpu")))
+def test_empty_lists_are_refused_like_foreach_lerp(backend):
+    with pytest.raises(RuntimeError):  # what torch does
+        torch._foreach_lerp_([], [], 0.5)
+    with pytest.raises(ValueError, match="shadow and params are empty"):
+        gk.ops.ema_update_([], [], 0.5, impl=backend)
+
+
+@pytest.mark.parametrize("backend", backends_for(IMPLEMENTED, torch.device("cpu")))
+def test_shadow_that_requires_grad_is_refused_in_grad_mode_only(backend):
+    leaf = torch.randn(5, requires_grad=True)
+    params = [torch.randn(5)]
+    before = leaf.detach().clone()
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):  # torch's refusal
+        torch._foreach_lerp_([leaf], params, 0.5)
+    with pytest.raises(ValueError, match=re.escape("shadow[0] requires grad")) as info:
+        gk.ops.ema_update_([leaf], params, 0.5, impl=backend)
+    assert isinstance(info.value, RuntimeError)  # caught where torch's error would be
+    assert torch.equal(leaf.detach(), before)
+    non_leaf = torch.randn(5, requires_grad=True) * 1.0  # torch would record the lerp; ours is not differentiable
+    with pytest.raises(ValueError, match=re.escape("shadow[1] requires grad")):
+        gk.ops.ema_update_([torch.randn(5), non_leaf], params * 2, 0.5, impl=backend)
+    with torch.no_grad():  # as torch allows (optimizers, EMAs)
+        gk.ops.ema_update_([leaf], params, 0.5, impl=backend)
+        expected = before.clone().lerp_(params[0], 0.5)
+    assert torch.allclose(leaf.detach(), expected, rtol=1e-6, atol=0)

@@ -76,6 +76,13 @@ class EMA(nn.Module):
             raise TypeError(f"shadow_dtype must be a floating dtype or None, got {shadow_dtype}")
         if not isinstance(impl, str):
             raise TypeError(f"impl must be a str, got {type(impl).__name__}")
+        # A schedule that reproduces another tool (gk.ema_schedules.timm / .ema_pytorch) already
+        # holds that tool's warm-up offset and update period: gk.EMA's own must not add to them.
+        for name, expected in getattr(decay, "ema_arguments", {}).items():
+            given = {"update_every": update_every, "update_after_step": update_after_step}[name]
+            if given != expected:
+                raise ValueError(f"{name}={given} conflicts with the decay schedule {decay!r}, which "
+                                 f"needs {name}={expected} (the schedule already applies it)")
         self.decay = decay
         self.update_every = update_every
         self.update_after_step = update_after_step

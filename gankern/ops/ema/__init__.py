@@ -43,8 +43,33 @@ def _(shadow, params, weight, weight_tensor, backend):
     return None
 
 
+class LeafRequiresGradError(ValueError, RuntimeError):
+    """An in-place EMA update of a tensor autograd tracks. A ValueError by gankern's convention
+    and a RuntimeError like torch's own refusal, so code written for either catches it."""
+
+
+def check_not_empty_and_writable(shadow: list, params: list) -> None:
+    """What torch._foreach_lerp_ refuses, refused the same way (gankern's ops are not
+    differentiable, so a shadow that requires grad is refused in grad mode even when it is not a
+    leaf, where torch would record the lerp). Under torch.no_grad() any shadow is fine, as in torch
+    (that is how optimizers and EMAs write parameters)."""
+    if not shadow and not params:
+        raise ValueError("shadow and params are empty lists: an EMA update needs at least one tensor "
+                         "(torch._foreach_lerp_ refuses empty lists too)")
+    if torch.is_grad_enabled():
+        for i, s in enumerate(shadow):
+            if s.requires_grad:
+                raise LeafRequiresGradError(
+                    f"shadow[{i}] requires grad and grad mode is on: an in-place EMA update of a tensor "
+                    f"autograd tracks is refused (as torch._foreach_lerp_ refuses a leaf that requires "
+                    f"grad); call it under torch.no_grad()")
+
+
 def ema_update_(shadow, params, weight, impl: str = "auto") -> None:
     """shadow[i] += weight * (params[i] - shadow[i]) for every i, in place.
+
+    Like torch._foreach_lerp_: empty lists are refused, and so is a shadow that requires grad
+    while grad mode is on (run it under torch.no_grad()).
 
     weight: a float in [0, 1] (1 - decay) or a 0-d floating tensor on the tensors' device, so
     a decay schedule computed on the GPU costs no host sync and the update can be captured in a
@@ -53,6 +78,7 @@ def ema_update_(shadow, params, weight, impl: str = "auto") -> None:
     """
     shadow = check_tensor_list(shadow, "shadow")
     params = check_tensor_list(params, "params")
+    check_not_empty_and_writable(shadow, params)
     _native._check_ema_weight(weight, shadow)
     if isinstance(weight, torch.Tensor) and weight.device.type == "cpu" and shadow and shadow[0].is_cuda:
         weight = float(weight)  # a CPU scalar costs no device sync
