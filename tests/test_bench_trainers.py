@@ -1,0 +1,38 @@
+"""The third-party-style trainer benchmark cases: the gankern-swapped iteration is checked equal
+to the trainer as written (float64) before it is timed, and the check can fail."""
+
+import torch
+
+from gankern.bench import runner
+from gankern.bench.cases import trainers
+
+
+def _mlp_case(batch=2):
+    return trainers.make_case("MLP WGAN-GP", lambda: (trainers.mlp_g(), trainers.mlp_critic()),
+                              image=(1, 28, 28), z_dim=100, batch=batch, loss="wgan", lr=2e-4,
+                              betas=(0.5, 0.999), sn=False, device=torch.device("cpu"))
+
+
+def test_gankern_swapped_mlp_wgan_gp_iteration_equals_the_trainer_as_written():
+    case = _mlp_case()
+    for impl in case.impls:
+        res = runner.check_impl(case, impl, torch.device("cpu"))
+        assert res.status == runner.STATUS_OK, (impl.label, res.note)
+        assert res.error <= case.tolerance <= 1e-3
+
+
+def test_the_check_fails_for_a_different_penalty():
+    # Swap in a penalty with the wrong interpolation side (gankern's alpha taken as the plain
+    # one's, i.e. the point mirrored): the float64 check must report it wrong.
+    case = _mlp_case()
+    fused = case.impls[0]
+    it = fused.run.__self__
+    it.penalty = lambda D, real, fake, alpha: trainers.gankern_gp(D, real, fake, 1 - alpha)
+    res = runner.check_impl(case, fused, torch.device("cpu"))
+    assert res.status == runner.STATUS_WRONG
+
+
+def test_sngan_resnet_blocks_keep_shapes():
+    G, D = trainers.ResNetG32(16, 16), trainers.ResNetD32(16)
+    x = G(torch.randn(3, 16))
+    assert x.shape == (3, 3, 32, 32) and D(x).shape == (3, 1)
