@@ -9,6 +9,7 @@ from conftest import DEVICE, backends_for
 from torch import nn
 
 import gankern as gk
+from gankern.nn.bias_act import DeferredBiasAct
 from gankern.ops.bias_act import IMPLEMENTED
 
 BACKENDS = backends_for(IMPLEMENTED)
@@ -34,9 +35,12 @@ def test_fuse_keeps_function_gradients_and_parameters(backend, channels_last):
     biases = [fused[0].bias, fused[2][0].bias]
     opt = torch.optim.SGD(fused.parameters(), lr=0.1)
     gk.nn.fuse_bias_act(fused, impl=backend)
-    kinds = [m.act for m in fused.modules() if isinstance(m, gk.nn.BiasAct)]
+    kinds = [m.act for m in fused.modules() if isinstance(m, DeferredBiasAct)]
     assert kinds == ["lrelu", "elu", "softplus", "sigmoid", "silu", "tanh"]
-    assert fused[1].bias is biases[0] and fused[2][1].bias is biases[1] and fused[0].bias is None
+    # The bias stays on its layer (same Parameter, same state_dict key); the act reads it there.
+    assert fused[0].bias is biases[0] and fused[2][0].bias is biases[1]
+    assert fused[1].layer is fused[0] and fused[2][1].layer is fused[2][0]
+    assert list(fused.state_dict()) == list(D.state_dict())
     assert fused[1].alpha == 0.2 and fused[2][1].alpha == 0.7
     assert isinstance(fused[6], nn.ReLU) and isinstance(fused[8], nn.Softplus)
     # The optimizer built before fusing still holds every parameter.
@@ -81,6 +85,15 @@ def test_bad_input():
         gk.nn.BiasAct(4, bias="yes")
     with pytest.raises(TypeError, match="model"):
         gk.nn.fuse_bias_act("D")
+    D = discriminator()
+    keys = list(D.state_dict())
+    with pytest.raises(ValueError, match="impl"):
+        gk.nn.fuse_bias_act(D, impl="nope")
+    with pytest.raises(TypeError, match="return_report"):
+        gk.nn.fuse_bias_act(D, return_report=1)
+    # Nothing changed on error.
+    assert not any(isinstance(m, DeferredBiasAct) for m in D.modules()) and list(D.state_dict()) == keys
+    assert all("forward" not in m.__dict__ for m in D.modules())
     m = gk.nn.BiasAct(4, act="relu", dim=1)
     with pytest.raises(ValueError, match="b must have"):
         m(torch.randn(2, 3, 5))

@@ -1,20 +1,36 @@
 """gk.nn.BiasAct and gk.nn.fuse_bias_act: the fused bias+activation as a module, and the
-converter that puts it into an existing discriminator.
+converter that puts it into an existing model without changing its function or its checkpoints.
 
 A D written as Conv(bias=True) -> LeakyReLU pays for a separate bias add and activation in
 every forward, backward and (for a gradient penalty) double backward, each saving its own
-input. fuse_bias_act rewrites such pairs inside nn.Sequential containers into a bias-free
-layer followed by BiasAct holding the *same* bias Parameter, so the function, the optimizer's
-references and its state are unchanged; only the bias's state_dict key moves to the BiasAct.
+input. fuse_bias_act makes such a layer skip its bias add and replaces the activation module
+after it by a DeferredBiasAct that adds *that layer's* bias inside the fused op. The bias stays
+registered where it was (`0.bias` stays `0.bias`; activations hold no state), so old checkpoints
+load into the fused model and fused checkpoints into the original code, strictly, and an
+optimizer built before fusing still holds every parameter.
+
+Only what provably keeps the function is fused: the layer's output must feed the activation and
+nothing else. nn.Sequential (its own forward, no hooks) is the one container whose call order is
+visible, so pairs are found in the execution order of Sequentials, nested ones flattened (a
+Sequential ending in a Conv followed by one starting with a LeakyReLU is a pair). A module's own
+forward() may use a layer's output anywhere, so layers called from custom forwards are left, as
+is Conv -> BatchNorm -> act: the activation's input is BN's output, into which the conv bias
+does not pass (in training BN subtracts the batch mean, bias included); folding BN would change
+its statistics and its state_dict. What was left, and why, is in the FuseReport.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .. import _backend
 from ..ops.bias_act import bias_act
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -61,6 +77,11 @@ class BiasAct(nn.Module):
         return s
 
 
+_LOG = logging.getLogger("gankern")
+_CONV_TRANSPOSE = {nn.ConvTranspose1d: (1, F.conv_transpose1d), nn.ConvTranspose2d: (2, F.conv_transpose2d),
+                   nn.ConvTranspose3d: (3, F.conv_transpose3d)}
+
+
 def _act_of(module: nn.Module):
     """(act, alpha) for an activation module BiasAct computes identically, else None."""
     if type(module) is nn.ReLU:
@@ -77,27 +98,195 @@ def _act_of(module: nn.Module):
         return "softplus", None
     if type(module) is nn.ELU:
         return "elu", float(module.alpha)
+    if type(module) is nn.SELU:
+        return "selu", None
     return None
 
 
-def fuse_bias_act(model: nn.Module, impl: str = "auto") -> nn.Module:
-    """In place: every (Linear/Conv with bias, supported activation) pair that follows each other
-    in an nn.Sequential becomes (the layer without bias, BiasAct with that bias). Returns model.
+def _torch_layer_class(layer: nn.Module):
+    """The torch layer class whose own forward `layer` runs (a parametrized copy such as
+    spectral norm's ParametrizedConv2d included), or None for a subclass with its own math."""
+    for cls in _LAYERS:
+        if isinstance(layer, cls) and type(layer).forward is cls.forward and \
+                getattr(type(layer), "_conv_forward", None) is getattr(cls, "_conv_forward", None):
+            return cls
+    return None
+
+
+def _forward_without_bias(layer: nn.Module, input: torch.Tensor, output_size=None) -> torch.Tensor:
+    """The layer's own forward, bias left out (the DeferredBiasAct after it adds it)."""
+    cls = _torch_layer_class(layer)
+    if cls is nn.Linear:
+        return F.linear(input, layer.weight)
+    if cls in _CONV_TRANSPOSE:
+        n, conv = _CONV_TRANSPOSE[cls]
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"Only `zeros` padding mode is supported for {cls.__name__}")
+        pad = layer._output_padding(input, output_size, layer.stride, layer.padding, layer.kernel_size,
+                                    n, layer.dilation)
+        return conv(input, layer.weight, None, layer.stride, layer.padding, pad, layer.groups, layer.dilation)
+    return layer._conv_forward(input, layer.weight, None)
+
+
+def _bias_deferred(layer: nn.Module) -> bool:
+    f = layer.__dict__.get("forward")
+    return isinstance(f, functools.partial) and f.func is _forward_without_bias
+
+
+class DeferredBiasAct(nn.Module):
+    """act(layer_output + layer.bias) through the fused op, for a layer fuse_bias_act made skip
+    its bias. The bias is read from the layer at every call and is not registered here, so it
+    keeps its one state_dict key and any later write to it (load_state_dict, .to()) is seen."""
+
+    def __init__(self, layer: nn.Module, layer_name: str, act: str, alpha: Optional[float], dim: int,
+                 impl: str = "auto"):
+        super().__init__()
+        self.__dict__["layer"] = layer  # a reference, not a child: no second state_dict key
+        self.layer_name, self.act, self.alpha, self.dim, self.impl = layer_name, act, alpha, dim, impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bias_act(x, self.layer.bias, self.act, self.alpha, 1.0, None, self.dim, self.impl)
+
+    def extra_repr(self) -> str:
+        s = f"bias of {self.layer_name!r}, act={self.act!r}, dim={self.dim}"
+        return s + (f", alpha={self.alpha}" if self.alpha is not None else "")
+
+
+@dataclass
+class FuseReport:
+    """What fuse_bias_act did: `fused` pairs as (layer name, activation name, act), and every
+    layer with a bias it `left` unfused as (layer name, reason)."""
+
+    fused: list = field(default_factory=list)
+    left: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"fuse_bias_act: fused {len(self.fused)}, left {len(self.left)} layer(s) with a bias"]
+        lines += [f"  fused {layer} + {act_name} -> {act}" for layer, act_name, act in self.fused]
+        lines += [f"  left  {layer}: {why}" for layer, why in self.left]
+        return "\n".join(lines)
+
+
+def _runs_children_in_order(m: nn.Module) -> bool:
+    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
+def _inlinable(m: nn.Module) -> bool:
+    """A Sequential whose children run one after another with nothing observing in between."""
+    return _runs_children_in_order(m) and not _has_hooks(m)
+
+
+def _execution_order(seq: nn.Module, prefix: str):
+    """[(qualified name, parent module, key in parent, module)] in the order seq runs them,
+    nested plain Sequentials flattened and nn.Identity dropped (it passes its input on)."""
+    out = []
+    for key, child in seq._modules.items():
+        if child is None:
+            continue
+        name = f"{prefix}.{key}" if prefix else key
+        if _inlinable(child):
+            out += _execution_order(child, name)
+        elif type(child) is not nn.Identity:
+            out.append((name, seq, key, child))
+    return out
+
+
+def _describe(m: nn.Module) -> str:
+    return type(m).__name__
+
+
+def fuse_bias_act(model: nn.Module, impl: str = "auto", *, return_report: bool = False):
+    """In place: every Linear/Conv(Transpose) layer with a bias whose output goes straight into
+    a supported activation module (found in the execution order of nn.Sequential containers,
+    nested ones included) stops adding its bias, and the activation becomes a DeferredBiasAct
+    that adds it inside the fused bias_act. Same function, same parameters, same state_dict keys.
 
     Supported activations: ReLU, LeakyReLU, Tanh, Sigmoid, SiLU, Softplus (beta 1, threshold
-    20), ELU. Modules with a custom forward() are left alone: only a Sequential fixes the order.
+    20), ELU, SELU. Returns model, or (model, FuseReport) with return_report=True; the report
+    is also logged (logger "gankern", INFO): each pair fused, each layer with a bias left and why.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules.keys())
-        for first, second in zip(names, names[1:]):
-            layer, act_module = seq._modules[first], seq._modules[second]
-            found = _act_of(act_module) if act_module is not None else None
-            if not isinstance(layer, _LAYERS) or layer.bias is None or found is None:
+    if not isinstance(return_report, bool):
+        raise TypeError(f"return_report must be a bool, got {type(return_report).__name__}")
+    # The name is checked now, before anything changes; whether it runs on the model's device is
+    # checked by bias_act at the first forward, as for BiasAct.
+    if not isinstance(impl, str):
+        raise TypeError(f"impl must be a str, got {type(impl).__name__}")
+    if impl != "auto" and impl not in _backend.BACKENDS:
+        raise ValueError(f"impl must be 'auto' or one of {_backend.BACKENDS}, got {impl!r}")
+    entries = list(model.named_modules(remove_duplicate=False))
+    registrations: dict[int, int] = {}
+    parent_of: dict[int, nn.Module] = {}
+    for name, m in entries:
+        registrations[id(m)] = registrations.get(id(m), 0) + 1
+        for child in m._modules.values():
+            if child is not None:
+                parent_of.setdefault(id(child), m)
+
+    report = FuseReport()
+    handled: set[int] = set()
+    # Roots: Sequentials that run their children in order and are not themselves flattened into
+    # a parent Sequential's order.
+    roots = [(name, seq) for name, seq in model.named_modules() if _runs_children_in_order(seq) and not (
+        _inlinable(seq) and _runs_children_in_order(parent_of.get(id(seq), nn.Module())))]
+    for name, seq in roots:
+        order = _execution_order(seq, name)
+        for i, (lname, lparent, lkey, layer) in enumerate(order):
+            if not isinstance(layer, _LAYERS) or getattr(layer, "bias", None) is None or id(layer) in handled:
                 continue
-            bias = layer.bias
-            layer.register_parameter("bias", None)
+            handled.add(id(layer))
+            nxt = order[i + 1] if i + 1 < len(order) else None
+            why = _why_not(layer, nxt, registrations, seq)
+            if why:
+                report.left.append((lname, why))
+                continue
+            aname, aparent, akey, act_module = nxt
+            act, alpha = _act_of(act_module)
             dim = -1 if isinstance(layer, nn.Linear) else 1
-            seq._modules[second] = BiasAct(act=found[0], alpha=found[1], dim=dim, bias=bias, impl=impl)
-    return model
+            layer.forward = functools.partial(_forward_without_bias, layer)
+            aparent._modules[akey] = DeferredBiasAct(layer, lname, act, alpha, dim, impl)
+            report.fused.append((lname, aname, act))
+    # Layers with a bias outside any Sequential's visible order.
+    for name, m in model.named_modules():
+        if isinstance(m, _LAYERS) and getattr(m, "bias", None) is not None and id(m) not in handled \
+                and not _bias_deferred(m):
+            parent = parent_of.get(id(m))
+            where = _describe(parent) if parent is not None else "the caller"
+            report.left.append((name or "<model>", f"called from {where}.forward(), whose use of its "
+                                                    "output is not visible (only nn.Sequential orders are)"))
+    _LOG.info("%s", report)
+    return (model, report) if return_report else model
+
+
+def _why_not(layer: nn.Module, nxt, registrations, seq) -> Optional[str]:
+    """Why `layer` followed by `nxt` in seq's order cannot be fused, or None if it can."""
+    if _bias_deferred(layer):
+        return "already fused"
+    if _torch_layer_class(layer) is None:
+        return f"{_describe(layer)} overrides the torch layer's forward: its math is its own"
+    if "forward" in layer.__dict__:
+        return "its forward is replaced on the instance (a hook library?): left as it is"
+    if registrations[id(layer)] > 1:
+        return f"registered {registrations[id(layer)]} times (shared): every use would lose its bias"
+    if _has_hooks(layer):
+        return "has hooks, which would see its output without the bias"
+    if nxt is None:
+        return f"last module run by its {_describe(seq)}: what uses its output is not visible"
+    act_module = nxt[3]
+    if isinstance(act_module, nn.modules.batchnorm._NormBase):
+        return (f"followed by {_describe(act_module)}, not an activation: the activation's input is "
+                "the norm's output, and the bias is not the last add before it (BN subtracts the "
+                "batch mean, this bias included)")
+    if _has_hooks(act_module):
+        return f"the {_describe(act_module)} after it has hooks, which would see a changed input"
+    if _act_of(act_module) is None:
+        if type(act_module) is nn.Softplus:
+            return "followed by Softplus with beta/threshold other than torch's default (1, 20)"
+        return f"followed by {_describe(act_module)}, not a supported activation"
+    return None
