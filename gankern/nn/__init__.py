@@ -1,8 +1,8 @@
 """Modules and converters: EMA (and, as they land, spectral norm and fused bias+activation)."""
 
 from . import ema_schedules
-from .bias_act import BiasAct, fuse_bias_act
+from .bias_act import BiasAct, DeferredBiasAct, FuseReport, fuse_bias_act
 from .ema import EMA
 from .spectral_norm import SpectralNorm, convert_spectral_norm, spectral_norm
 
-__all__ = ["BiasAct", "fuse_bias_act", "EMA", "ema_schedules", "SpectralNorm", "convert_spectral_norm", "spectral_norm"]
+__all__ = ["BiasAct", "DeferredBiasAct", "FuseReport", "fuse_bias_act", "EMA", "ema_schedules", "SpectralNorm", "convert_spectral_norm", "spectral_norm"]
