@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gankern/ema.h"
+#include "gankern/ema_multi.h"  // ema
 #include "gankern/bias_act.h"  // gp
 #include "gankern/norm_penalty.h"  // gp
 #include "gankern/spectral_norm.h"  // sn
@@ -54,6 +55,30 @@ void ema_update_cuda(const Ptrs& shadow, const Ptrs& params, const Sizes& numel,
                                      weight, static_cast<const float*>(as_ptr(weight_ptr)),
                                      as_ptr(stream)),
              "ema_update_");
+}
+#endif
+
+// --- ema_update_multi_ (ema): shadow holds K * len(params) pointers, shadow-major ---
+void ema_update_multi_cpu(const Ptrs& shadow, const Ptrs& params, const Sizes& numel, int64_t k,
+                          int sd, int pd, const std::vector<double>& weights, uintptr_t weight_ptr) {
+  auto s = as_ptrs(shadow), p = as_ptrs(params);
+  py::gil_scoped_release nogil;
+  check_cpu(gankern::ema_update_multi_cpu(int64_t(p.size()), k, s.data(), p.data(), numel.data(), sd,
+                                          pd, weights.data(),
+                                          static_cast<const float*>(as_ptr(weight_ptr))),
+            "ema_update_multi_");
+}
+
+#ifdef GANKERN_WITH_CUDA
+void ema_update_multi_cuda(const Ptrs& shadow, const Ptrs& params, const Sizes& numel, int64_t k,
+                           int sd, int pd, const std::vector<double>& weights, uintptr_t weight_ptr,
+                           uintptr_t stream) {
+  auto s = as_ptrs(shadow), p = as_ptrs(params);
+  check_cuda(gankern_ema_update_multi_cuda(int64_t(p.size()), k, s.data(), p.data(), numel.data(),
+                                           sd, pd, weights.data(),
+                                           static_cast<const float*>(as_ptr(weight_ptr)),
+                                           as_ptr(stream)),
+             "ema_update_multi_");
 }
 #endif
 
@@ -188,8 +213,10 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_compiled") = false;
 #endif
   m.def("ema_update_cpu", &ema_update_cpu);
+  m.def("ema_update_multi_cpu", &ema_update_multi_cpu);  // ema
 #ifdef GANKERN_WITH_CUDA
   m.def("ema_update_cuda", &ema_update_cuda);
+  m.def("ema_update_multi_cuda", &ema_update_multi_cuda);  // ema
 #endif
   // --- gp ---
   m.def("norm_penalty_cpu", &norm_penalty_cpu);

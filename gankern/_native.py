@@ -219,6 +219,125 @@ def ema_update_(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], 
 
 
 # ----------------------------------------------------------------------------------------------
+# EMA, K shadows of one parameter list (post-hoc EMA)
+# ----------------------------------------------------------------------------------------------
+MAX_EMA_SHADOWS = 8  # csrc/include/gankern/ema_multi.h:kMaxEmaShadows
+
+
+def check_ema_multi_args(shadows: Sequence[Sequence[torch.Tensor]], params: Sequence[torch.Tensor],
+                         weights, check_overlap: bool = True) -> torch.device:
+    """Full validation of an ema_update_multi_ call: every shadows[k] is checked against params as
+    ema_update_ checks its shadow, and no shadow may overlap another shadow or a param."""
+    if not 1 <= len(shadows) <= MAX_EMA_SHADOWS:
+        raise ValueError(f"shadows must hold 1 to {MAX_EMA_SHADOWS} lists, got {len(shadows)}")
+    _check_ema_multi_weights(weights, len(shadows))
+    device = None
+    for k, shadow in enumerate(shadows):
+        try:
+            device = check_ema_args(shadow, params, 0.0, check_overlap=False)
+        except (TypeError, ValueError) as e:  # name the list the bad tensor is in
+            raise type(e)(str(e).replace("shadow[", f"shadows[{k}][").replace("shadow and", f"shadows[{k}] and")) from None
+    for k in range(1, len(shadows)):
+        for i, (a, b) in enumerate(zip(shadows[0], shadows[k])):
+            if a.dtype != b.dtype:
+                raise TypeError(f"shadows[{k}][{i}] is {b.dtype} but shadows[0][{i}] is {a.dtype}: the K "
+                                f"shadows of one param share a dtype")
+    if isinstance(weights, torch.Tensor) and weights.device != device:
+        raise ValueError(f"weights is on {weights.device}, expected {device}")
+    if check_overlap:
+        flat = [s for shadow in shadows for s in shadow]
+        try:
+            check_no_overlap(flat, params, "shadow", "params")
+        except ValueError as e:
+            n = len(params)
+            raise ValueError(_name_flat_shadows(str(e), n)) from None
+    return device
+
+
+def _name_flat_shadows(message: str, n: int) -> str:
+    import re
+
+    return re.sub(r"shadow\[(\d+)\]", lambda m: f"shadows[{int(m.group(1)) // n}][{int(m.group(1)) % n}]"
+                  if n else m.group(0), message)
+
+
+def _check_ema_multi_weights(weights, k: int) -> None:
+    if isinstance(weights, torch.Tensor):
+        if weights.dim() != 1 or weights.shape[0] != k or not weights.is_floating_point():
+            raise ValueError(f"weights must be {k} floats or a floating tensor of shape ({k},), got "
+                             f"{weights.dtype} of shape {tuple(weights.shape)}")
+        return
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+        raise TypeError(f"weights must be a sequence of {k} floats (one per shadow list), got "
+                        f"{type(weights).__name__}")
+    if len(weights) != k:
+        raise ValueError(f"weights has {len(weights)} entries for {k} shadow lists")
+    for j, w in enumerate(weights):
+        if isinstance(w, bool) or not isinstance(w, (float, int)):
+            raise TypeError(f"weights[{j}] must be a float, got {type(w).__name__}")
+        if not 0.0 <= float(w) <= 1.0:
+            raise ValueError(f"weights[{j}] must be in [0, 1], got {w}")
+
+
+class EmaMultiPlan:
+    """A validated ema_update_multi_ over fixed tensor lists (PostHocEMA updates the same K
+    shadow lists every step): checks and grouping once, then only the data pointers per call."""
+
+    def __init__(self, shadows, params):
+        self.shadows = [list(s) for s in shadows]
+        self.params = list(params)
+        self.k = len(self.shadows)
+        self.device = check_ema_multi_args(self.shadows, self.params, [0.0] * self.k)
+        self._build()
+
+    def _pointers(self):
+        return [[s.data_ptr() for s in shadow] for shadow in self.shadows], [p.data_ptr() for p in self.params]
+
+    def _build(self):
+        self.ptrs = self._pointers()
+        groups: dict = {}
+        for i, p in enumerate(self.params):
+            s0 = self.shadows[0][i]
+            g = groups.setdefault((DTYPE_CODES[s0.dtype], DTYPE_CODES[p.dtype]), ([], [], []))
+            g[0].append(i)
+        out = []
+        for key, (idx, _, _) in groups.items():
+            sp = [self.ptrs[0][j][i] for j in range(self.k) for i in idx]
+            pp = [self.ptrs[1][i] for i in idx]
+            numel = [self.params[i].numel() for i in idx]
+            out.append((key, (sp, pp, numel)))
+        self.groups = out
+
+    def revalidate_if_moved(self) -> None:
+        if self._pointers() != self.ptrs:
+            self.device = check_ema_multi_args(self.shadows, self.params, [0.0] * self.k)
+            self._build()
+
+    def run(self, weights) -> None:
+        """The native update (cpu or cuda backend, by the tensors' device)."""
+        self.revalidate_if_moved()
+        _check_ema_multi_weights(weights, self.k)
+        if not self.groups:
+            return
+        _require(_kind(self.device))
+        values, weight_ptr = [0.0] * self.k, 0
+        if isinstance(weights, torch.Tensor):
+            if weights.device != self.device:
+                raise ValueError(f"weights is on {weights.device}, expected {self.device}")
+            weights = weights.to(torch.float32).contiguous()  # a device cast, no host sync
+            weight_ptr = weights.data_ptr()
+        else:
+            values = [float(w) for w in weights]
+        for (sd, pd), (sp, pp, numel) in self.groups:
+            _launch("ema_update_multi", self.device, (sp, pp, numel, self.k, sd, pd, values, weight_ptr))
+
+
+def ema_update_multi_(shadows, params, weights) -> None:
+    """shadows[k][i] = lerp(shadows[k][i], params[i], weights[k]), one native call per dtype pair."""
+    EmaMultiPlan(shadows, params).run(weights)
+
+
+# ----------------------------------------------------------------------------------------------
 # norm_penalty (gradient penalty)
 # ----------------------------------------------------------------------------------------------
 def _acc_of(dtype: torch.dtype) -> torch.dtype:

@@ -20,3 +20,9 @@ def ema_update_float64(shadow: list[torch.Tensor], params: list[torch.Tensor], w
     """Out-of-place float64 result, for tests: s + w * (p - s)."""
     w = float(weight)
     return [s.double() + w * (p.double() - s.double()) for s, p in zip(shadow, params)]
+
+
+def ema_update_multi_reference_(shadows: list[list[torch.Tensor]], params: list[torch.Tensor], weights) -> None:
+    """The definition of gk.ops.ema_update_multi_: K separate updates, one per shadow list."""
+    for k, shadow in enumerate(shadows):
+        ema_update_reference_(shadow, params, weights[k] if isinstance(weights, torch.Tensor) else float(weights[k]))
