@@ -133,19 +133,22 @@ def _bias_deferred(layer: nn.Module) -> bool:
     return isinstance(f, functools.partial) and f.func is _forward_without_bias
 
 
-class DeferredBiasAct(nn.Module):
-    """act(layer_output + layer.bias) through the fused op, for a layer fuse_bias_act made skip
-    its bias. The bias is read from the layer at every call and is not registered here, so it
-    keeps its one state_dict key and any later write to it (load_state_dict, .to()) is seen."""
+class DeferredBiasAct(BiasAct):
+    """A BiasAct whose bias is the one of the layer before it, for a layer fuse_bias_act made
+    skip its bias add. The bias is read from the layer at every call and is not registered
+    here, so it keeps its one state_dict key and any later write to it (load_state_dict, .to(),
+    an optimizer) is seen."""
 
     def __init__(self, layer: nn.Module, layer_name: str, act: str, alpha: Optional[float], dim: int,
                  impl: str = "auto"):
-        super().__init__()
+        nn.Module.__init__(self)  # not BiasAct's: it would register a bias of its own
         self.__dict__["layer"] = layer  # a reference, not a child: no second state_dict key
-        self.layer_name, self.act, self.alpha, self.dim, self.impl = layer_name, act, alpha, dim, impl
+        self.layer_name = layer_name
+        self.act, self.alpha, self.gain, self.clamp, self.dim, self.impl = act, alpha, 1.0, None, dim, impl
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return bias_act(x, self.layer.bias, self.act, self.alpha, 1.0, None, self.dim, self.impl)
+    @property
+    def bias(self):
+        return self.layer.bias
 
     def extra_repr(self) -> str:
         s = f"bias of {self.layer_name!r}, act={self.act!r}, dim={self.dim}"
