@@ -145,10 +145,12 @@ def test_opcheck(backend):
     x = torch.randn(2, 3, 5, device=DEVICE, requires_grad=True)
     b = torch.randn(3, device=DEVICE, requires_grad=True)
     dy, v = torch.randn(2, 3, 5, device=DEVICE), torch.randn(2, 3, 5, device=DEVICE)
-    args = ("silu", 0.0, 1.3, 2.0, 1)
-    torch.library.opcheck(_bias_act_op, (x, b, *args, backend))
-    torch.library.opcheck(_bias_act_grad_op, (dy.requires_grad_(True), x, b, *args, backend))
-    torch.library.opcheck(_bias_act_grad2_op, (v, dy.detach(), x.detach(), b.detach(), *args, backend))
+    dy.requires_grad_(True)
+    for act in ("silu", "selu"):  # selu: the op keeps its name, the kernels get the elu form
+        args = (act, 0.0, 1.3, 2.0, 1)
+        torch.library.opcheck(_bias_act_op, (x, b, *args, backend))
+        torch.library.opcheck(_bias_act_grad_op, (dy, x, b, *args, backend))
+        torch.library.opcheck(_bias_act_grad2_op, (v, dy.detach(), x.detach(), b.detach(), *args, backend))
 
 
 def test_bad_input():
