@@ -18,6 +18,11 @@ from . import _native
 
 BACKENDS = ("reference", "triton", "cuda", "cpu")
 
+# Test-only: the CUDA kernels' source run on CPU tensors by the host harness (issue 15,
+# scripts/build_cuda_sim.py). Every op with a "cuda" backend has it when the harness is built;
+# auto never picks it; an explicit impl="cuda_sim" (or GANKERN_IMPL) is the only way in.
+TEST_BACKENDS = ("cuda_sim",)
+
 # Auto order per device type. CPU: the native kernels beat the reference in every benchmark run
 # so far (see README, CPU table); the Triton interpreter is a test vehicle, never a CPU choice.
 # CUDA: native first, then Triton (order set from kernel design; not yet measured on a GPU).
@@ -45,11 +50,17 @@ def usable(backend: str, device: torch.device) -> bool:
         return device.type == "cuda" and _native.available("cuda")
     if backend == "cpu":
         return device.type == "cpu" and _native.available("cpu")
+    if backend == "cuda_sim":
+        return device.type == "cpu" and _native.available("cuda_sim")
     return False
 
 
+def _implements(implemented: Iterable[str], backend: str) -> bool:
+    return backend in implemented or (backend == "cuda_sim" and "cuda" in implemented)
+
+
 def available(implemented: Iterable[str], device: torch.device) -> list[str]:
-    return [b for b in implemented if usable(b, device)]
+    return [b for b in implemented if usable(b, device)]  # cuda_sim only when asked for by name
 
 
 def resolve(impl, device: torch.device, implemented: Sequence[str] = BACKENDS, op: str = "op") -> str:
@@ -64,12 +75,12 @@ def resolve(impl, device: torch.device, implemented: Sequence[str] = BACKENDS, o
             if backend in implemented and usable(backend, device):
                 return backend
         return "reference"
-    if impl not in BACKENDS:
+    if impl not in BACKENDS + TEST_BACKENDS:
         raise ValueError(f"impl must be 'auto' or one of {BACKENDS}, got {impl!r}"
                          + (" (from GANKERN_IMPL)" if requested == "auto" else ""))
-    if impl not in implemented or not usable(impl, device):
+    if not _implements(implemented, impl) or not usable(impl, device):
         ok = ", ".join(available(implemented, device))
-        why = "" if impl in implemented else f" ({op} has no {impl} implementation)"
+        why = "" if _implements(implemented, impl) else f" ({op} has no {impl} implementation)"
         src = " (from GANKERN_IMPL)" if requested == "auto" else ""
         raise ValueError(f"impl={impl!r}{src} is not available for {op} on {device}{why}; available: {ok}")
     return impl

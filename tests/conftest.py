@@ -19,8 +19,13 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def backends_for(implemented, device=DEVICE):
-    """The backends a test should exercise here: every implemented one that can run."""
-    return [b for b in implemented if _backend.usable(b, device)]
+    """The backends a test should exercise here: every implemented one that can run, plus
+    "cuda_sim" (the CUDA kernels' source on CPU tensors, issue 15) wherever "cuda" is
+    implemented and scripts/build_cuda_sim.py has built the harness."""
+    found = [b for b in implemented if _backend.usable(b, device)]
+    if "cuda" in implemented and _backend.usable("cuda_sim", device):
+        found.append("cuda_sim")
+    return found
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def _dispatch(mode, backend, x, b, dy, v, act, alpha, gain, clamp, dim):
         from .triton import bias_act_triton
 
         return bias_act_triton(mode, code, x, b, dy, v, alpha, gain, clamp, inner, channels)
-    return _native.bias_act(mode, code, x, b, dy, v, alpha, gain, clamp, inner, channels)
+    return _native.bias_act(mode, code, x, b, dy, v, alpha, gain, clamp, inner, channels, backend)
 
 
 @torch.library.custom_op("gankern::bias_act", mutates_args=())

@@ -32,7 +32,7 @@ def _ema_update_impl(shadow: list[torch.Tensor], params: list[torch.Tensor], wei
         _native.check_ema_args(shadow, params, w)
         ema_update_triton_(shadow, params, w)
     else:
-        _native.ema_update_(shadow, params, w)
+        _native.ema_update_(shadow, params, w, backend)
 
 
 _ema_update_op = torch.library.custom_op("gankern::ema_update_", mutates_args=("shadow",))(_ema_update_impl)
@@ -118,13 +118,14 @@ class PlannedEmaUpdate:
         params = check_tensor_list(params, "params")
         self.plan = _native.EmaPlan(shadow, params)
         self.backend = _backend.resolve(impl, self.plan.device, IMPLEMENTED, op="ema_update_")
+        self.plan.backend = self.backend  # "cuda_sim" runs the CUDA launcher on the host
 
     def __call__(self, weight) -> None:
         if not self.plan.shadow:
             return
         if isinstance(weight, torch.Tensor) and weight.device != self.plan.device:
             weight = float(weight)
-        if self.backend in ("cpu", "cuda"):
+        if self.backend in ("cpu", "cuda", "cuda_sim"):
             self.plan.run(weight)
             return
         self.plan.revalidate_if_moved()

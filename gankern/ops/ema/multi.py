@@ -41,7 +41,7 @@ def _ema_update_multi_impl(shadows_flat: list[torch.Tensor], params: list[torch.
         _native.check_ema_multi_args(shadows, params, w)
         ema_update_multi_triton_(shadows, params, w)
     else:
-        _native.ema_update_multi_(shadows, params, w)
+        _native.ema_update_multi_(shadows, params, w, backend)
 
 
 _op = torch.library.custom_op("gankern::ema_update_multi_", mutates_args=("shadows_flat",))(_ema_update_multi_impl)
@@ -106,9 +106,10 @@ class PlannedEmaMultiUpdate:
         shadows, params = _check_lists(shadows, params)
         self.plan = _native.EmaMultiPlan(shadows, params)
         self.backend = _backend.resolve(impl, self.plan.device, IMPLEMENTED, op="ema_update_multi_")
+        self.plan.backend = self.backend  # "cuda_sim" runs the CUDA launcher on the host
 
     def __call__(self, weights) -> None:
-        if self.backend in ("cpu", "cuda"):
+        if self.backend in ("cpu", "cuda", "cuda_sim"):
             self.plan.run(weights)
             return
         self.plan.revalidate_if_moved()
