@@ -1,7 +1,19 @@
-"""Worker for tests/test_distributed.py: one D step (hinge loss + R1 with its double backward)
-on this rank's shard of a fixed global batch, gradients all-reduced, then an optimizer step.
-Writes D's parameters to OUT/rank<r>.pt. Run by torchrun-style env (RANK, WORLD_SIZE, ...)."""
+"""Worker for tests/test_distributed.py, launched torchrun-style (RANK, WORLD_SIZE, MASTER_*).
 
+One launch checks many cases in sequence, so the suite pays for process start-up once: each
+case trains on this rank's shard of a global batch under a process group of N ranks and saves
+its final state and per-step logs to OUT/<case>.w<N>.rank<r>.pt (4 ranks for the smoke case, then
+2 for all); then rank 0 trains every case again as one process on the global batch
+(OUT/<case>.single.pt), the reference the test compares against. Ranks seed their RNGs differently on purpose: what makes them equal must be
+the trainer (DDP's parameter broadcast, the buffer broadcast), not luck.
+
+Cases: GANTrainer with each regularizer kind (WGAN-GP, R1, R2, DRAGAN, lazy every=k), SN on D,
+EMA, instance noise, d_l2, n_critic, in float64; bf16 autocast in float32; and a
+hand-written DistributedDataParallel loop (SN conv D, R1 through the wrapper, micro-batches
+accumulated under no_sync, SGD).
+"""
+
+import contextlib
 import os
 import sys
 
@@ -10,34 +22,104 @@ import torch.distributed as dist
 from torch import nn
 
 import gankern as gk
-from gankern.train.distributed import all_reduce_grads_, broadcast_, shard
+from gankern.train.distributed import shard, world
+from gankern.train.models import MLPDiscriminator, MLPGenerator
+
+STEPS = 4
+BATCH = 8  # global
+
+CASES = {
+    # name: (default dtype, GANTrainer keyword arguments)
+    "wgan-gp": (torch.float64, dict(loss="wgan", reg=gk.train.WGANGP(10.0), n_critic=2,
+                                    instance_noise=0.1, ema=0.9)),
+    "r1-sn": (torch.float64, dict(loss="hinge", reg=gk.train.R1(1.0), spectral_norm=True, ema=0.9)),
+    "r2-lazy-sn": (torch.float64, dict(loss="ns", reg=gk.train.R2(1.0, every=2), spectral_norm=True,
+                                       ema=0.8)),
+    "dragan-lazy": (torch.float64, dict(loss="lsgan", reg=gk.train.DRAGAN(5.0, every=3), d_l2=1e-3,
+                                        ema=None)),
+    "r1-bf16": (torch.float32, dict(loss="hinge", reg=gk.train.R1(1.0), amp="bf16", ema=0.9)),
+}
+ALL_CASES = list(CASES) + ["manual"]
+SMOKE_CASES = ("r1-sn",)
 
 
-def main(out_dir: str, steps: int) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("gloo")
-    rank = int(os.environ.get("RANK", "0"))
-    torch.manual_seed(1234 + rank)  # different on purpose: broadcast_ must make D equal
-    D = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
-    broadcast_(D)
-    # SGD, not Adam: Adam's first steps move by lr*sign(g), so a near-zero gradient component
-    # turns float rounding differences into whole steps and hides what this test checks.
+def train_case(kwargs) -> dict:
+    torch.manual_seed(100 + world()[0])
+    G = MLPGenerator(z_dim=4, hidden=16, layers=2)
+    D = MLPDiscriminator(hidden=16, layers=2)
+    trainer = gk.train.GANTrainer(G, D, batch_size=BATCH, seed=3, **kwargs)
+    records = trainer.fit(gk.data.ring(), steps=STEPS, every=1, progress=False,
+                          metrics_fn=lambda t: {})
+    for r in records:
+        r.pop("time_s")
+    state = {"G": G.state_dict(), "D": D.state_dict(), "records": records}
+    if trainer.ema is not None:
+        state["ema"] = trainer.ema.module.state_dict()
+    return state
+
+
+def train_manual() -> dict:
+    """A user's own DDP loop (default DDP options): one forward over real and fake per
+    micro-batch, R1 through the DDP wrapper on every other step, two micro-batches per step with
+    no_sync on the first. No SN here: its power iteration runs once per forward, so a sample's
+    sigma depends on which micro-batch holds it, and a 1-process split differs from a per-rank one."""
+    torch.manual_seed(99 + world()[0])
+    D = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 8, 3, 2, 1),
+                      nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(8 * 2 * 2, 1))
+    model = D
+    if world()[1] > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(D)
     opt = torch.optim.SGD(D.parameters(), lr=1e-2, momentum=0.9)
     g = torch.Generator().manual_seed(7)
-    for _ in range(steps):
-        real_all = torch.randn(8, 2, generator=g)
-        fake_all = torch.randn(8, 2, generator=g) * 2
-        real, fake = shard(real_all), shard(fake_all)
-        loss = torch.relu(1 - D(real)).mean() + torch.relu(1 + D(fake)).mean()
-        loss = loss + gk.gradient_penalty(D, real, kind="r1", weight=1.0)
+    for step in range(STEPS):
+        real_all = torch.randn(BATCH, 3, 8, 8, generator=g)
+        fake_all = torch.randn(BATCH, 3, 8, 8, generator=g) * 2
+        micro = list(zip(shard(real_all).chunk(2), shard(fake_all).chunk(2)))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        all_reduce_grads_(D.parameters())
+        for i, (real, fake) in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = contextlib.nullcontext() if last or model is D else model.no_sync()
+            with sync:
+                real_out, fake_out = model(torch.cat([real, fake])).chunk(2)
+                loss = torch.relu(1 - real_out).mean() + torch.relu(1 + fake_out).mean()
+                if step % 2 == 0:
+                    loss = loss + 2 * gk.gradient_penalty(model, real, kind="r1", weight=1.0)
+                (loss / len(micro)).backward()
         opt.step()
-    torch.save({k: v.detach().clone() for k, v in D.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.pt"))
-    if dist.is_initialized():
+    return {"D": {k: v.detach().clone() for k, v in D.state_dict().items()}}
+
+
+def run_all(names, out_dir, tag):
+    for name in names:
+        if name == "manual":
+            torch.set_default_dtype(torch.float64)
+            state = train_manual()
+        else:
+            dtype, kwargs = CASES[name]
+            torch.set_default_dtype(dtype)
+            state = train_case(kwargs)
+        torch.save(state, os.path.join(out_dir, f"{name}.{tag}.pt"))
+
+
+def main(out_dir: str, port2: str) -> None:
+    """Started as WORLD_SIZE processes (4): the smoke cases on all of them, then every case on
+    ranks 0 and 1 in a second process group of 2 (on port2), then every case on rank 0 alone."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, size = world()
+    run_all(SMOKE_CASES, out_dir, f"w{size}.rank{rank}")
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank < 2:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port2}", rank=rank, world_size=2)
+        run_all(ALL_CASES, out_dir, f"w2.rank{rank}")
+        dist.barrier()
         dist.destroy_process_group()
+    if rank == 0:
+        run_all(ALL_CASES, out_dir, "single")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], sys.argv[2])

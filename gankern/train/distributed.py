@@ -1,21 +1,41 @@
-"""Data-parallel GAN training on torch.distributed, StyleGAN2-style: all-reduce the gradients.
+"""Data-parallel GAN training on torch.distributed: GANTrainer's steps shaped for
+DistributedDataParallel, plus the rank-aware random draws that make N ranks compute what one
+process computes on the global batch.
 
-Why not DistributedDataParallel: DDP's reducer expects one backward per forward and fires its
-hooks on AccumulateGrad. A D step with a gradient penalty runs D forward twice and takes a
-double backward through torch.autograd.grad(create_graph=True), which trips DDP
-("marked ready twice", unused parameters), and lazy regularization changes the graph from
-step to step. Averaging the flat gradient once after each backward is
-what StyleGAN2-ADA does; it is exact, handles any graph, and costs one all-reduce per optimizer
-step. Launch with torchrun; every rank holds the same G, D and EMA, and sees a slice of the batch.
+How a step meets DDP's reducer (it all-reduces a parameter's gradient, bucketed and overlapped
+with the backward, when that parameter's AccumulateGrad fires; it expects that once per backward):
+- D step: D(real), D(fake) and the penalty's D(x_hat) all run through the DDP wrapper and add
+  into ONE loss with ONE backward. The penalty's autograd.grad(create_graph=True) is taken with
+  respect to x_hat only, so it runs no AccumulateGrad and the reducer never sees it; the second
+  backward through that graph is part of the step's one backward. Lazy regularization is folded
+  into the same backward: on 1 step in k the loss has one more term, over the same parameters.
+- G step: G runs through its wrapper; D is called unwrapped with its parameters frozen (a DDP
+  forward whose parameters get no gradient leaves the reducer waiting for them).
+- Forwards under no_grad (G in the D step, D(real) for relativistic G losses) use the raw module.
+- Every backward is followed by an optimizer step, so nothing accumulates and no_sync is not
+  needed; a loop that accumulates micro-batches wraps all but the last backward in no_sync().
+DDP options: no buffer broadcast before each forward (forward_sync_buffers=False, in older torch
+broadcast_buffers=False), because the spectral-norm u/v buffers are updated by every
+training forward from weights that are equal on every rank, so they stay bit-equal without
+communication, and a broadcast before each of the D step's three forwards would write in place
+into buffers the previous forward may have saved. BatchNorm running statistics therefore stay
+per rank (rank 0's are checkpointed); batch statistics are per rank under DDP either way.
+find_unused_parameters=False: every parameter of D (of G) gets a gradient in every D (G) step.
+static_graph stays off: it buys nothing here. Buffers are broadcast from rank 0 once, when the
+trainer is built (wrap).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import inspect
+import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+# Regularizer kinds whose penalty point is random (WGAN-GP's alpha, DRAGAN's alpha and noise).
+RANDOM_PENALTY_KINDS = ("wgan-gp", "dragan")
 
 
 def world() -> tuple[int, int]:
@@ -25,39 +45,31 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def broadcast_(*modules: nn.Module, src: int = 0) -> None:
-    """Make every rank's parameters and buffers equal to rank src's."""
+def broadcast_buffers_(*modules: nn.Module, src: int = 0) -> None:
+    """Make every rank's buffers (SN u/v, BatchNorm statistics) equal to rank src's."""
     if world()[1] == 1:
         return
     for module in modules:
-        for t in list(module.parameters()) + list(module.buffers()):
+        for t in module.buffers():
             dist.broadcast(t.data, src=src)
 
 
-def all_reduce_grads_(params: Iterable[torch.nn.Parameter]) -> None:
-    """Replace each gradient by its mean over ranks, in one all-reduce per dtype.
+def wrap(module: nn.Module, device: torch.device) -> nn.Module:
+    """module in DistributedDataParallel with the options above; module itself in one process.
+    DDP broadcasts rank 0's parameters, and (forward_sync_buffers=False, torch >= 2.13) its
+    buffers once at start-up; older torch spells it broadcast_buffers=False, which skips the
+    start-up broadcast of buffers too, so it is done here."""
+    if world()[1] == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
 
-    Parameters without a gradient on this rank contribute zeros, so ranks that skipped a branch
-    stay in step with the others (a collective must be entered by every rank with equal sizes).
-    """
-    rank, size = world()
-    if size == 1:
-        return
-    params = [p for p in params if p.requires_grad]
-    by_dtype: dict = {}
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-    for grads in by_dtype.values():
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat.div_(size)
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[offset:offset + n].view_as(g))
-            offset += n
+    device_ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        buffers = {"forward_sync_buffers": False}
+    else:
+        broadcast_buffers_(module)
+        buffers = {"broadcast_buffers": False}
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False, **buffers)
 
 
 def shard(batch: torch.Tensor) -> torch.Tensor:
@@ -69,3 +81,93 @@ def shard(batch: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"batch of {batch.shape[0]} does not split evenly over {size} ranks")
     per = batch.shape[0] // size
     return batch[rank * per:(rank + 1) * per]
+
+
+def global_draw(fn, local_shape, generator=None, dtype=None, device=None) -> torch.Tensor:
+    """This rank's slice of fn(global shape) (fn: torch.rand or torch.randn). With the same
+    generator state on every rank, N ranks together draw exactly what one process draws for the
+    global batch, and no two ranks draw the same numbers. Drawn on the generator's device."""
+    size = world()[1]
+    shape = (local_shape[0] * size,) + tuple(local_shape[1:])
+    gen_device = generator.device if generator is not None else device
+    out = fn(shape, generator=generator, device=gen_device, dtype=dtype)
+    return shard(out).to(device) if device is not None else shard(out)
+
+
+def global_std(x: torch.Tensor) -> torch.Tensor:
+    """torch.std (unbiased) over the elements of every rank's x together (equal shards)."""
+    size = world()[1]
+    if size == 1:
+        return x.std()
+    total = torch.stack([x.sum(), torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device)])
+    dist.all_reduce(total)
+    mean = total[0] / total[1]
+    ss = (x - mean).pow(2).sum()
+    dist.all_reduce(ss)
+    return (ss / (total[1] - 1)).sqrt()
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of a small tensor of per-rank values (one all-reduce). Means over
+    equal shards are the global batch's means; a NaN/Inf on any rank reaches every rank, so all
+    ranks stop on divergence together instead of one rank leaving the others in a collective."""
+    size = world()[1]
+    if size == 1:
+        return values
+    values = values.detach().to(torch.float64).clone()
+    dist.all_reduce(values)
+    return values / size
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when flag is True on any rank (e.g. a SIGTERM that reached one rank)."""
+    if world()[1] == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def sharded_penalty(reg, D, real, fake, generator=None, scaler=None) -> torch.Tensor:
+    """reg's WGAN-GP or DRAGAN penalty on this rank's slice, at the points one process would draw
+    for the global batch: alpha (and DRAGAN's U(0,1) noise) are this rank's slice of the global
+    draw, and DRAGAN's 0.5 * std(real) is over the global batch. DRAGAN's point
+    x_hat = real + alpha * (x_p - real) is WGAN-GP's interpolate towards x_p, with the same
+    weight * mean((n - c)^2), so both go through gradient_penalty(kind="wgan-gp", alpha=...)."""
+    from .gradient_penalty import gradient_penalty
+
+    if reg.kind not in RANDOM_PENALTY_KINDS:
+        raise ValueError(f"sharded_penalty is for {RANDOM_PENALTY_KINDS}, got {reg.kind!r}")
+    real = real.detach()
+    per_sample = (real.shape[0],) + (1,) * (real.dim() - 1)
+    # The order of draws is gradient_penalty's (alpha, then DRAGAN's noise): one process gets
+    # the numbers it always got.
+    alpha = global_draw(torch.rand, per_sample, generator, real.dtype, real.device)
+    towards = fake
+    if reg.kind == "dragan":
+        noise = global_draw(torch.rand, real.shape, generator, real.dtype, real.device)
+        towards = real + 0.5 * global_std(real) * noise
+    return gradient_penalty(D, real, towards, kind="wgan-gp", weight=reg.weight, center=reg.center,
+                            alpha=alpha, scaler=scaler, impl=reg.impl)
+
+
+def init_from_env(device: str = "cpu") -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1 in the environment): gloo on the
+    CPU, NCCL for cuda, each rank on cuda:LOCAL_RANK. Returns whether it initialized one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or world()[1] > 1:
+        return False
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def local_device(device: str) -> str:
+    """cuda:LOCAL_RANK under torchrun for device "cuda"; the device unchanged otherwise."""
+    if device == "cuda" and world()[1] > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device

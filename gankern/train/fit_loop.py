@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from .distributed import shard
+from .distributed import any_rank, shard, world
 from .errors import TrainingDiverged, TrainingInterrupted
 
 
@@ -124,8 +124,11 @@ def run_fit(trainer, data, steps, out_dir=None, every=500, progress=True, metric
     if out_dir:
         os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
     records, sums, counts = [], {}, {}
+    # Under torchrun every rank runs this loop in step; rank 0 alone writes files and shows
+    # progress (trainer.save is rank 0's too), and a signal stops all ranks at the same step.
+    writer = world()[0] == 0
     bar = None
-    if progress:
+    if progress and writer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, initial=min(trainer.step_count, steps), desc="train",
@@ -134,7 +137,8 @@ def run_fit(trainer, data, steps, out_dir=None, every=500, progress=True, metric
     try:
         with _Signals() as sig:
             while trainer.step_count < steps:
-                if sig.signum is not None:
+                if any_rank(sig.signum is not None):
+                    sig.signum = sig.signum or signal.SIGTERM  # the rank that got none stops as its peers
                     where = ""
                     if ckpt_path:
                         trainer.save(ckpt_path)
@@ -161,12 +165,13 @@ def run_fit(trainer, data, steps, out_dir=None, every=500, progress=True, metric
                     rec.update(metrics_fn(trainer) if metrics_fn else default_metrics(trainer, data))
                     sums, counts = {}, {}
                     records.append(rec)
-                    if out_dir:
+                    if out_dir and writer:
                         save_picture(trainer, data, os.path.join(out_dir, "samples",
                                                                  f"step_{trainer.step_count:07d}.png"))
                         with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
                             f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                                 for k, v in rec.items()}) + "\n")
+                    if out_dir:
                         trainer.save(ckpt_path)
                     if bar is not None:
                         bar.set_postfix({k: _fmt(v) for k, v in rec.items() if k in

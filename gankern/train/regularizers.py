@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .distributed import global_draw
+
 
 def _positive(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -191,6 +193,6 @@ class InstanceNoise:
         s = self.sigma_at(step)
         if s == 0.0:
             return x
-        noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device,
-                            dtype=x.dtype)
-        return x + s * noise.to(x.device)
+        # Under torchrun: this rank's slice of the noise one process draws for the global batch.
+        noise = global_draw(torch.randn, x.shape, generator, dtype=x.dtype, device=x.device)
+        return x + s * noise

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .distributed import all_reduce_grads_, broadcast_, shard, world
+from .distributed import (RANDOM_PENALTY_KINDS, global_draw, mean_over_ranks, sharded_penalty,
+                          wrap, world)
 from .errors import TrainingDiverged
 from .fit_loop import run_fit
 from .losses import LOSSES, check_loss, d_loss, g_loss, needs_real_scores_for_g
@@ -140,9 +141,11 @@ class GANTrainer:
         self.device = params[0].device
         if self.spectral_norm:
             self._apply_spectral_norm()
-        # Under torchrun every rank starts from rank 0's weights (and SN vectors), then stays in
-        # step: gradients are averaged after each backward (distributed.py says why not DDP).
-        broadcast_(G, D)
+        # Under torchrun: G and D in DistributedDataParallel (distributed.py: options, and how
+        # each step gives its reducer one backward); the trainable forwards go through
+        # _G_train/_D_train, forwards without gradients and the state through self.G/self.D.
+        # DDP starts every rank from rank 0's parameters and buffers (SN u/v).
+        self._G_train, self._D_train = wrap(G, self.device), wrap(D, self.device)
         self.sample_shape = self._check_models()
 
         self.gen = torch.Generator(device=self.device).manual_seed(self.seed)
@@ -227,8 +230,7 @@ class GANTrainer:
     def _z(self, n):
         # Every rank draws the latents of the global batch and keeps its own slice, so N ranks
         # with batch B/N each compute what one process computes with batch B.
-        size = world()[1]
-        return shard(torch.randn(n * size, self.z_dim, generator=self.gen, device=self.device))
+        return global_draw(torch.randn, (n, self.z_dim), self.gen, device=self.device)
 
     def _check_real(self, real):
         if not isinstance(real, torch.Tensor):
@@ -253,13 +255,11 @@ class GANTrainer:
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
-            all_reduce_grads_(params)
             norm = _grad_norm(params)
             scaler.step(opt)  # skips the step itself when fp16 gradients overflowed
             scaler.update()
             return float(norm)
-        loss.backward()
-        all_reduce_grads_(params)  # no-op in one process
+        loss.backward()  # under DDP this also averages the gradients over ranks
         norm = self._finite(_grad_norm(params), f"{what} gradient norm")
         opt.step()
         return norm
@@ -273,9 +273,12 @@ class GANTrainer:
         real_in = self.noise(real, step, self.gen)
         fake_in = self.noise(fake, step, self.gen)
         out = {}
+        pen = None
+        # Every D forward that needs gradients goes through _D_train and into ONE loss, so under
+        # DDP the reducer sees one backward per step (distributed.py); lazy steps add a term.
         with self._autocast():
-            r = self.D(real_in)
-            f = self.D(fake_in)
+            r = self._D_train(real_in)
+            f = self._D_train(fake_in)
             loss = d_loss(self.loss, r, f, real_in, fake_in, qp_lambda=self.qp_lambda)
             total = loss
             for reg in self.regs:
@@ -285,20 +288,33 @@ class GANTrainer:
                 total = total + self.d_l2 * l2_penalty(self.D)
             lazy = [reg for reg in self.regs if not reg.uses_scores]
             if lazy and step % self.every == 0:
-                pen = sum(reg.penalty(self.D, real_in, fake_in, generator=self.gen, scaler=self.d_scaler)
-                          for reg in lazy)
-                # Under fp16 the GradScaler's first scales overflow the penalty's input
-                # gradient by design: the scaler then skips the step and lowers the scale.
-                out["reg"] = float(pen.detach()) if self.d_scaler else self._finite(pen, "the D regularizer")
+                pen = sum(self._penalty(reg, real_in, fake_in) for reg in lazy)
                 total = total + pen * self.every
-        out["d_loss"] = self._finite(loss, "the D loss")
+        # One all-reduce of the step's scalars: the logged values are the global batch's, and a
+        # NaN/Inf on any rank stops every rank (no rank left waiting in a collective).
+        scalars = [loss, total, r.detach().double().mean(), f.detach().double().mean(),
+                   pen if pen is not None else loss]
+        values = mean_over_ranks(torch.stack([v.detach().double() for v in scalars]))
+        if pen is not None:
+            # Under fp16 the GradScaler's first scales overflow the penalty's input
+            # gradient by design: the scaler then skips the step and lowers the scale.
+            out["reg"] = float(values[4]) if self.d_scaler else self._finite(values[4], "the D regularizer")
+        out["d_loss"] = self._finite(values[0], "the D loss")
         if self.d_scaler is None:
-            self._finite(total, "the D loss with penalties")
-        out["d_real"] = float(r.detach().float().mean())
-        out["d_fake"] = float(f.detach().float().mean())
+            self._finite(values[1], "the D loss with penalties")
+        out["d_real"] = float(values[2])
+        out["d_fake"] = float(values[3])
         out["d_grad_norm"] = self._backward_step(total, self.d_opt, self.d_scaler,
                                                  list(self.D.parameters()), "D")
         return out
+
+    def _penalty(self, reg, real_in, fake_in):
+        # Under torchrun a random penalty point (WGAN-GP, DRAGAN) is drawn for the global batch
+        # and sliced, as one process would draw it; one process keeps the regularizer's own call.
+        if world()[1] > 1 and getattr(reg, "kind", None) in RANDOM_PENALTY_KINDS:
+            return sharded_penalty(reg, self._D_train, real_in, fake_in, generator=self.gen,
+                                   scaler=self.d_scaler)
+        return reg.penalty(self._D_train, real_in, fake_in, generator=self.gen, scaler=self.d_scaler)
 
     def _unrolled_D(self, real_in):
         """D's parameters after `unrolled` differentiable SGD steps on the D loss (Metz et al.
@@ -307,7 +323,7 @@ class GANTrainer:
 
         params = {n: p.detach().requires_grad_(True) for n, p in self.D.named_parameters()}
         for _ in range(self.unrolled):
-            fake_u = self.noise(self.G(self._z(real_in.shape[0])), self.step_count, self.gen)
+            fake_u = self.noise(self._G_train(self._z(real_in.shape[0])), self.step_count, self.gen)
             lu = d_loss(self.loss, functional_call(self.D, params, (real_in,)),
                         functional_call(self.D, params, (fake_u,)), real_in, fake_u, qp_lambda=self.qp_lambda)
             grads = torch.autograd.grad(lu, list(params.values()), create_graph=True)
@@ -317,19 +333,21 @@ class GANTrainer:
 
     def _g_step(self, real) -> dict:
         B = real.shape[0]
-        self.D.requires_grad_(False)  # G's step needs no D parameter gradients
+        # G's step needs no D parameter gradients, and D runs unwrapped: a DDP forward whose
+        # parameters get no gradient would leave its reducer waiting for them.
+        self.D.requires_grad_(False)
         try:
             real_in = self.noise(real, self.step_count, self.gen)
             D = self._unrolled_D(real_in) if self.unrolled else self.D
             with self._autocast():
-                fake = self.noise(self.G(self._z(B)), self.step_count, self.gen)
+                fake = self.noise(self._G_train(self._z(B)), self.step_count, self.gen)
                 f = D(fake)
                 r = None
                 if needs_real_scores_for_g(self.loss):
                     with torch.no_grad():
                         r = D(real_in)
                 loss = g_loss(self.loss, r.detach() if r is not None else None, f)
-            value = self._finite(loss, "the G loss")
+            value = self._finite(mean_over_ranks(loss.detach().double()), "the G loss")
             norm = self._backward_step(loss, self.g_opt, self.g_scaler, list(self.G.parameters()), "G")
         finally:
             self.D.requires_grad_(True)
@@ -340,7 +358,8 @@ class GANTrainer:
     def step(self, real: torch.Tensor) -> dict:
         """One D update on `real` (and a G update every n_critic-th call); returns the step's
         losses, D's mean scores and gradient norms as floats. Raises TrainingDiverged, before
-        any update is applied, when a loss or gradient is not finite."""
+        any update is applied, when a loss or gradient is not finite. Under torchrun, real is
+        this rank's slice of the global batch, and the returned values are global."""
         real = self._check_real(real)
         if self.lr_decay is not None:
             factor = self.lr_factor(self.step_count)
