@@ -58,7 +58,25 @@ def available(kind: str) -> bool:
         return True
     if kind == "cuda":
         return bool(C.cuda_compiled) and torch.cuda.is_available()
+    if kind == "cuda_sim":
+        return _load_cuda_sim() is not None
     return False
+
+
+_SIM = None
+
+
+def _load_cuda_sim():
+    """gankern._cuda_sim._C: the CUDA kernels' source run on the host (test-only backend
+    "cuda_sim", issue 15); None unless scripts/build_cuda_sim.py built it."""
+    global _SIM
+    if _SIM is None:
+        try:
+            from ._cuda_sim import _C as sim
+        except ImportError:
+            return None
+        _SIM = sim
+    return _SIM
 
 
 def cuda_compiled() -> bool:
@@ -67,6 +85,10 @@ def cuda_compiled() -> bool:
 
 
 def _require(kind: str):
+    if kind == "cuda_sim":
+        if _load_cuda_sim() is None:
+            raise RuntimeError("the CUDA host harness is not built: python scripts/build_cuda_sim.py")
+        return _SIM
     if not available(kind):
         raise RuntimeError(f"gankern native {kind} kernels are not available: "
                            f"{_load_error or 'built without CUDA' if kind == 'cuda' else _load_error}")
@@ -77,17 +99,28 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def _kind(device: torch.device) -> str:
+def _kind(device: torch.device, backend: str = "") -> str:
+    """"cpu" or "cuda" by the device; "cuda_sim" (CPU tensors only) when the backend says so."""
+    if backend == "cuda_sim":
+        if device.type != "cpu":
+            raise ValueError(f"impl='cuda_sim' runs the CUDA kernels on cpu tensors, got {device}")
+        return "cuda_sim"
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"gankern native kernels run on cpu or cuda tensors, got {device}")
     return device.type
 
 
-def _launch(name: str, device: torch.device, args: tuple, workspace=None) -> None:
+def _launch(name: str, device: torch.device, args: tuple, workspace=None, backend: str = "") -> None:
     """C.<name>_cpu(*args) on the CPU; on CUDA C.<name>_cuda(*args[, workspace], stream) on the
     current stream of `device`. workspace: a callable making the scratch tensor (allocated
-    inside the device guard; the caching allocator keeps it stream-ordered after return)."""
-    C = _require(_kind(device))
+    inside the device guard; the caching allocator keeps it stream-ordered after return).
+    backend="cuda_sim": the same CUDA launcher from the host harness, on CPU tensors."""
+    kind = _kind(device, backend)
+    C = _require(kind)
+    if kind == "cuda_sim":
+        extra = (workspace().data_ptr(),) if workspace is not None else ()
+        getattr(C, f"{name}_cuda")(*args, *extra, 0)
+        return
     if device.type == "cpu":
         getattr(C, f"{name}_cpu")(*args)
         return
@@ -159,8 +192,8 @@ class EmaPlan:
     per tensor) and revalidates from scratch if any moved (model.to(), .half(), p.data = ...).
     """
 
-    def __init__(self, shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor]):
-        self.shadow, self.params = list(shadow), list(params)
+    def __init__(self, shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], backend: str = ""):
+        self.shadow, self.params, self.backend = list(shadow), list(params), backend
         self.device = check_ema_args(self.shadow, self.params, 0.0)
         self._build()
 
@@ -180,7 +213,7 @@ class EmaPlan:
         """The native update (the cpu or cuda backend, by the tensors' device)."""
         self.revalidate_if_moved()
         _check_ema_weight(weight, self.shadow)
-        _ema_launch(self.device, self.groups, weight)
+        _ema_launch(self.device, self.groups, weight, self.backend)
 
 
 def _ema_groups(shadow, params, shadow_ptrs, param_ptrs) -> list:
@@ -195,10 +228,10 @@ def _ema_groups(shadow, params, shadow_ptrs, param_ptrs) -> list:
     return list(groups.items())
 
 
-def _ema_launch(device: torch.device, groups, weight) -> None:
+def _ema_launch(device: torch.device, groups, weight, backend: str = "") -> None:
     if not groups:
         return
-    _require(_kind(device))
+    _require(_kind(device, backend))
     weight_value, weight_ptr = 0.0, 0
     if isinstance(weight, torch.Tensor):
         if weight.device != device:
@@ -208,14 +241,15 @@ def _ema_launch(device: torch.device, groups, weight) -> None:
     else:
         weight_value = float(weight)
     for (sd, pd), (sp, pp, numel) in groups:
-        _launch("ema_update", device, (sp, pp, numel, sd, pd, weight_value, weight_ptr))
+        _launch("ema_update", device, (sp, pp, numel, sd, pd, weight_value, weight_ptr), backend=backend)
 
 
-def ema_update_(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], weight) -> None:
+def ema_update_(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], weight,
+                backend: str = "") -> None:
     """shadow[i] = lerp(shadow[i], params[i], weight) with one native call per dtype pair."""
     device = check_ema_args(shadow, params, weight)
     groups = _ema_groups(shadow, params, [s.data_ptr() for s in shadow], [p.data_ptr() for p in params])
-    _ema_launch(device, groups, weight)
+    _ema_launch(device, groups, weight, backend)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,7 +317,8 @@ class EmaMultiPlan:
     """A validated ema_update_multi_ over fixed tensor lists (PostHocEMA updates the same K
     shadow lists every step): checks and grouping once, then only the data pointers per call."""
 
-    def __init__(self, shadows, params):
+    def __init__(self, shadows, params, backend: str = ""):
+        self.backend = backend
         self.shadows = [list(s) for s in shadows]
         self.params = list(params)
         self.k = len(self.shadows)
@@ -319,7 +354,7 @@ class EmaMultiPlan:
         _check_ema_multi_weights(weights, self.k)
         if not self.groups:
             return
-        _require(_kind(self.device))
+        _require(_kind(self.device, self.backend))
         values, weight_ptr = [0.0] * self.k, 0
         if isinstance(weights, torch.Tensor):
             if weights.device != self.device:
@@ -329,12 +364,13 @@ class EmaMultiPlan:
         else:
             values = [float(w) for w in weights]
         for (sd, pd), (sp, pp, numel) in self.groups:
-            _launch("ema_update_multi", self.device, (sp, pp, numel, self.k, sd, pd, values, weight_ptr))
+            _launch("ema_update_multi", self.device, (sp, pp, numel, self.k, sd, pd, values, weight_ptr),
+                    backend=self.backend)
 
 
-def ema_update_multi_(shadows, params, weights) -> None:
+def ema_update_multi_(shadows, params, weights, backend: str = "") -> None:
     """shadows[k][i] = lerp(shadows[k][i], params[i], weights[k]), one native call per dtype pair."""
-    EmaMultiPlan(shadows, params).run(weights)
+    EmaMultiPlan(shadows, params, backend).run(weights)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,30 +399,30 @@ def _check_vec(t: torch.Tensor, name: str, shape: tuple, dtype: torch.dtype, dev
                          f"with strides {t.stride()}")
 
 
-def norm_penalty(grads: torch.Tensor, center: float, weight: float):
+def norm_penalty(grads: torch.Tensor, center: float, weight: float, backend: str = ""):
     b, n = _check_rows(grads)
-    _require(_kind(grads.device))
+    _require(_kind(grads.device, backend))
     acc = _acc_of(grads.dtype)
     norms = torch.empty(b, dtype=acc, device=grads.device)
     penalty = torch.empty((), dtype=acc, device=grads.device)
     args = (grads.data_ptr(), norms.data_ptr(), penalty.data_ptr(), b, n, DTYPE_CODES[grads.dtype],
             float(center), float(weight))
-    _launch("norm_penalty", grads.device, args)
+    _launch("norm_penalty", grads.device, args, backend=backend)
     return penalty, norms
 
 
 def norm_penalty_backward(grad_penalty: torch.Tensor, grad_norms: torch.Tensor, grads: torch.Tensor,
-                          norms: torch.Tensor, center: float, weight: float) -> torch.Tensor:
+                          norms: torch.Tensor, center: float, weight: float, backend: str = "") -> torch.Tensor:
     b, n = _check_rows(grads)
     acc = _acc_of(grads.dtype)
     _check_vec(grad_penalty, "grad_penalty", (), acc, grads.device)
     _check_vec(grad_norms, "grad_norms", (b,), acc, grads.device)
     _check_vec(norms, "norms", (b,), acc, grads.device)
-    _require(_kind(grads.device))
+    _require(_kind(grads.device, backend))
     out = torch.empty_like(grads)  # same dense layout as grads, so rows line up
     args = (grad_penalty.data_ptr(), grad_norms.data_ptr(), grads.data_ptr(), norms.data_ptr(),
             out.data_ptr(), b, n, DTYPE_CODES[grads.dtype], float(center), float(weight))
-    _launch("norm_penalty_backward", grads.device, args)
+    _launch("norm_penalty_backward", grads.device, args, backend=backend)
     return out
 
 
@@ -428,51 +464,55 @@ def _sn_workspace(weight: torch.Tensor, a: int, m: int, b: int) -> torch.Tensor:
 
 
 def sn_power_iteration_(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int,
-                        n_iter: int, eps: float):
+                        n_iter: int, eps: float, backend: str = ""):
     """u, v updated in place; returns (sigma, copy of u, copy of v)."""
     a, m, b = sn_check(weight, u, v, dim)
     check_no_overlap([u, v], [weight], "u/v", "weight")
-    _require(_kind(weight.device))
+    _require(_kind(weight.device, backend))
     sigma = torch.empty((), dtype=weight.dtype, device=weight.device)
     u_copy, v_copy = torch.empty_like(u), torch.empty_like(v)
     args = (DTYPE_CODES[weight.dtype], weight.data_ptr(), a, m, b, u.data_ptr(), v.data_ptr(),
             int(n_iter), float(eps), sigma.data_ptr(), u_copy.data_ptr(), v_copy.data_ptr())
-    _launch("sn_power_iteration", weight.device, args, workspace=lambda: _sn_workspace(weight, a, m, b))
+    _launch("sn_power_iteration", weight.device, args, workspace=lambda: _sn_workspace(weight, a, m, b),
+            backend=backend)
     return sigma, u_copy, v_copy
 
 
-def sn_sigma(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
+def sn_sigma(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int,
+             backend: str = "") -> torch.Tensor:
     a, m, b = sn_check(weight, u, v, dim)
-    _require(_kind(weight.device))
+    _require(_kind(weight.device, backend))
     sigma = torch.empty((), dtype=weight.dtype, device=weight.device)
     args = (DTYPE_CODES[weight.dtype], weight.data_ptr(), a, m, b, u.data_ptr(), v.data_ptr(),
             sigma.data_ptr())
-    _launch("sn_sigma", weight.device, args, workspace=lambda: _sn_workspace(weight, a, m, b))
+    _launch("sn_sigma", weight.device, args, workspace=lambda: _sn_workspace(weight, a, m, b),
+            backend=backend)
     return sigma
 
 
-def sn_scale(weight: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def sn_scale(weight: torch.Tensor, sigma: torch.Tensor, backend: str = "") -> torch.Tensor:
     """weight / sigma."""
     check_tensor(weight, "weight")
     if not weight.is_contiguous():
         raise ValueError(f"weight must be contiguous, got strides {weight.stride()}")
     check_tensor(sigma, "sigma", dtypes=(weight.dtype,), device=weight.device, ndim=0)
-    _require(_kind(weight.device))
+    _require(_kind(weight.device, backend))
     out = torch.empty_like(weight)
     args = (DTYPE_CODES[weight.dtype], weight.data_ptr(), weight.numel(), sigma.data_ptr(), out.data_ptr())
-    _launch("sn_scale", weight.device, args)
+    _launch("sn_scale", weight.device, args, backend=backend)
     return out
 
 
 def sn_normalize_backward(grad: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                          sigma: torch.Tensor | None, dim: int) -> torch.Tensor:
+                          sigma: torch.Tensor | None, dim: int, backend: str = "") -> torch.Tensor:
     """grad/sigma - (<grad, weight>/sigma^2) u v^T; sigma None: u^T W v, computed here."""
     a, m, b = sn_check(weight, u, v, dim, grad=grad, sigma=sigma)
-    _require(_kind(weight.device))
+    _require(_kind(weight.device, backend))
     out = torch.empty_like(weight)
     args = (DTYPE_CODES[weight.dtype], grad.data_ptr(), weight.data_ptr(), a, m, b, u.data_ptr(),
             v.data_ptr(), 0 if sigma is None else sigma.data_ptr(), out.data_ptr())
-    _launch("sn_normalize_backward", weight.device, args, workspace=lambda: _sn_workspace(weight, a, m, b))
+    _launch("sn_normalize_backward", weight.device, args, workspace=lambda: _sn_workspace(weight, a, m, b),
+            backend=backend)
     return out
 
 
@@ -529,8 +569,8 @@ class SnPlan:
             self._scale(*scale_args)
         else:
             _launch("sn_power_iteration", weight.device, pi_args,
-                    workspace=lambda: _sn_workspace(weight, a, m, b))
-            _launch("sn_scale", weight.device, scale_args)
+                    workspace=lambda: _sn_workspace(weight, a, m, b), backend=self.backend)
+            _launch("sn_scale", weight.device, scale_args, backend=self.backend)
         return out, sigma, u_copy, v_copy, self.spec
 
     def backward(self, grad: torch.Tensor, weight: torch.Tensor, u_copy: torch.Tensor,
@@ -555,7 +595,7 @@ class SnPlan:
             cpu_backward(*args)
         else:
             _launch("sn_normalize_backward", weight.device, args,
-                    workspace=lambda: _sn_workspace(weight, a, m, b))
+                    workspace=lambda: _sn_workspace(weight, a, m, b), backend=self.backend)
         return out
 
 
@@ -612,13 +652,14 @@ def _check_bias_act_args(mode: int, x, b, dy, v, inner: int, channels: int) -> N
 
 
 def bias_act(mode: int, act: int, x: torch.Tensor, b, dy, v, alpha: float, gain: float, clamp,
-             inner: int, channels: int) -> torch.Tensor:
+             inner: int, channels: int, backend: str = "") -> torch.Tensor:
     """mode 0: y; 1: dx from dy; 2: d(dx)/dx applied to v. Every tensor shares x's dense layout."""
     # The one-pass check is ~8 us a call cheaper than the explaining checks, which matters for
     # the small activations of a discriminator on the CPU.
     if not _bias_act_args_ok(mode, x, b, dy, v, inner, channels):
         _check_bias_act_args(mode, x, b, dy, v, inner, channels)
-    _require(_kind(x.device))
+    kind = _kind(x.device, backend)
+    _require(kind)
     out = torch.empty_like(x)
     if x.numel() == 0:
         return out
@@ -626,8 +667,8 @@ def bias_act(mode: int, act: int, x: torch.Tensor, b, dy, v, alpha: float, gain:
             0 if v is None else v.data_ptr(), out.data_ptr(), x.numel(), channels, inner,
             DTYPE_CODES[x.dtype], float(alpha), float(gain), 0.0 if clamp is None else float(clamp),
             clamp is not None)
-    if x.device.type == "cpu":
+    if kind == "cpu":
         _C.bias_act_cpu(*args)
     else:
-        _launch("bias_act", x.device, args)
+        _launch("bias_act", x.device, args, backend=backend)
     return out

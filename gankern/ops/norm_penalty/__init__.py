@@ -32,7 +32,7 @@ def _forward_impl(grads, center, weight, backend):
         from .triton import norm_penalty_triton
 
         return norm_penalty_triton(grads, center, weight)
-    return _native.norm_penalty(grads, center, weight)
+    return _native.norm_penalty(grads, center, weight, backend)
 
 
 def _backward_impl(grad_penalty, grad_norms, grads, norms, center, weight, backend):
@@ -42,7 +42,7 @@ def _backward_impl(grad_penalty, grad_norms, grads, norms, center, weight, backe
         from .triton import norm_penalty_backward_triton
 
         return norm_penalty_backward_triton(grad_penalty, grad_norms, grads, norms, center, weight)
-    return _native.norm_penalty_backward(grad_penalty, grad_norms, grads, norms, center, weight)
+    return _native.norm_penalty_backward(grad_penalty, grad_norms, grads, norms, center, weight, backend)
 
 
 @torch.library.custom_op("gankern::norm_penalty", mutates_args=())

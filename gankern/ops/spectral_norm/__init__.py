@@ -38,7 +38,7 @@ def _power_iteration_impl(weight, u, v, dim, n_iter, eps, backend):
         return sigma_reference(w_mat, u_copy, v_copy), u_copy, v_copy
     if backend == "triton":
         return _triton().power_iteration_(weight, u, v, dim, n_iter, eps)
-    return _native.sn_power_iteration_(weight, u, v, dim, n_iter, eps)
+    return _native.sn_power_iteration_(weight, u, v, dim, n_iter, eps, backend)
 
 
 @torch.library.custom_op("gankern::sn_power_iteration_", mutates_args=("u", "v"))
@@ -58,7 +58,7 @@ def _sigma_impl(weight, u, v, dim, backend):
         return sigma_reference(to_matrix(weight, dim), u, v)
     if backend == "triton":
         return _triton().sigma(weight, u, v, dim)
-    return _native.sn_sigma(weight, u, v, dim)
+    return _native.sn_sigma(weight, u, v, dim, backend)
 
 
 @torch.library.custom_op("gankern::sn_sigma", mutates_args=())
@@ -173,7 +173,7 @@ def _scale_impl(weight, sigma, backend):
         return weight / sigma
     if backend == "triton":
         return _triton().scale(weight, sigma)
-    return _native.sn_scale(weight, sigma)
+    return _native.sn_scale(weight, sigma, backend)
 
 
 def _normalize_backward_impl(grad, weight, u, v, sigma, dim, backend):
@@ -182,7 +182,7 @@ def _normalize_backward_impl(grad, weight, u, v, sigma, dim, backend):
         return normalize_backward_reference(grad, weight, u, v, s, dim)
     if backend == "triton":
         return _triton().normalize_backward(grad, weight, u, v, sigma, dim)
-    return _native.sn_normalize_backward(grad, weight, u, v, sigma, dim)
+    return _native.sn_normalize_backward(grad, weight, u, v, sigma, dim, backend)
 
 
 class _EagerNormalize(torch.autograd.Function):
@@ -230,9 +230,9 @@ class _EagerTrainForward(torch.autograd.Function):
         return d_weight, None, None
 
 
-def native_plan(weight, u, v, dim: int):
-    """A validated plan for train_forward (cpu and cuda backends)."""
-    return _native.SnPlan(weight.detach().contiguous(), u, v, dim)
+def native_plan(weight, u, v, dim: int, backend: str = ""):
+    """A validated plan for train_forward (cpu, cuda and the test-only cuda_sim backends)."""
+    return _native.SnPlan(weight.detach().contiguous(), u, v, dim, backend)
 
 
 def train_forward(weight, u, v, dim: int, n_iter: int, eps: float, backend: str, plan=None):
