@@ -221,7 +221,7 @@ def fuse_bias_act(model: nn.Module, impl: str = "auto", *, return_report: bool =
     # checked by bias_act at the first forward, as for BiasAct.
     if not isinstance(impl, str):
         raise TypeError(f"impl must be a str, got {type(impl).__name__}")
-    if impl != "auto" and impl not in _backend.BACKENDS:
+    if impl != "auto" and impl not in _backend.BACKENDS + _backend.TEST_BACKENDS:
         raise ValueError(f"impl must be 'auto' or one of {_backend.BACKENDS}, got {impl!r}")
     entries = list(model.named_modules(remove_duplicate=False))
     registrations: dict[int, int] = {}
