@@ -23,30 +23,44 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float1
 
 
 @triton.jit
+def _lerp(s, p, w):
+    d = p - s
+    # torch.lerp's two-sided form, bit-compatible with torch._foreach_lerp_.
+    return tl.where(w < 0.5, s + w * d, p - d * (1.0 - w))
+
+
+@triton.jit
 def _ema_kernel(table_ptr, blocks_ptr, weight, weight_ptr,
                 SHADOW_DTYPE: tl.constexpr, PARAM_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr,
-                WEIGHT_FROM_PTR: tl.constexpr, BLOCK: tl.constexpr):
+                WEIGHT_FROM_PTR: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     t = tl.load(blocks_ptr + 2 * pid)
-    start = tl.load(blocks_ptr + 2 * pid + 1)
+    start = tl.multiple_of(tl.load(blocks_ptr + 2 * pid + 1), BLOCK)  # blocks start at multiples of BLOCK
     shadow = tl.load(table_ptr + 3 * t).to(tl.pointer_type(SHADOW_DTYPE))
     params = tl.load(table_ptr + 3 * t + 1).to(tl.pointer_type(PARAM_DTYPE))
+    if ALIGNED:
+        # Pointers read from a table carry no alignment Triton can prove; the launcher checked
+        # that every tensor of this launch starts 16-byte aligned, which gives 128-bit accesses.
+        shadow = tl.multiple_of(shadow, 16)
+        params = tl.multiple_of(params, 16)
     n = tl.load(table_ptr + 3 * t + 2)
     if WEIGHT_FROM_PTR:
         w = tl.load(weight_ptr).to(ACC_DTYPE)
     else:
         w = tl.cast(weight, ACC_DTYPE)
     offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
-    s = tl.load(shadow + offs, mask=mask).to(ACC_DTYPE)
-    p = tl.load(params + offs, mask=mask).to(ACC_DTYPE)
-    d = p - s
-    # torch.lerp's two-sided form, bit-compatible with torch._foreach_lerp_.
-    out = tl.where(w < 0.5, s + w * d, p - d * (1.0 - w))
-    tl.store(shadow + offs, cast_out(out, SHADOW_DTYPE), mask=mask)
+    if start + BLOCK <= n:
+        # Full block (all but each tensor's last): no mask, so the accesses can be vectors.
+        out = _lerp(tl.load(shadow + offs).to(ACC_DTYPE), tl.load(params + offs).to(ACC_DTYPE), w)
+        tl.store(shadow + offs, cast_out(out, SHADOW_DTYPE))
+    else:
+        mask = offs < n
+        out = _lerp(tl.load(shadow + offs, mask=mask).to(ACC_DTYPE),
+                    tl.load(params + offs, mask=mask).to(ACC_DTYPE), w)
+        tl.store(shadow + offs, cast_out(out, SHADOW_DTYPE), mask=mask)
 
 
-_TABLE_CACHE: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, int]]" = OrderedDict()
+_TABLE_CACHE: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, int, bool]]" = OrderedDict()
 _TABLE_CACHE_SIZE = 16
 
 
@@ -63,7 +77,8 @@ def _tables(shadow, params, device):
         blocks += [x for start in range(0, s.numel(), BLOCK) for x in (i, start)]
     table = torch.tensor(rows, dtype=torch.int64).to(device)
     block_table = torch.tensor(blocks, dtype=torch.int64).to(device)
-    entry = (table, block_table, len(blocks) // 2)
+    aligned = all(x.data_ptr() % 16 == 0 for x in (*shadow, *params))
+    entry = (table, block_table, len(blocks) // 2, aligned)
     _TABLE_CACHE[key] = entry
     if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
         _TABLE_CACHE.popitem(last=False)
@@ -79,7 +94,7 @@ def ema_update_triton_(shadow: list[torch.Tensor], params: list[torch.Tensor], w
             groups[(s.dtype, p.dtype)][1].append(p)
     for (sd, pd), (ss, ps) in groups.items():
         device = ss[0].device
-        table, blocks, n_programs = _tables(ss, ps, device)
+        table, blocks, n_programs, aligned = _tables(ss, ps, device)
         acc = torch.float64 if sd == torch.float64 else torch.float32
         # Triton passes Python floats as fp32; a float64 EMA reads its weight from memory
         # (torch.full launches a fill, it does not copy from the host or sync).
@@ -91,4 +106,4 @@ def ema_update_triton_(shadow: list[torch.Tensor], params: list[torch.Tensor], w
         _ema_kernel[(n_programs,)](table, blocks, 0.0 if from_ptr else float(weight), w_tensor,
                                    SHADOW_DTYPE=_TL_DTYPES[sd], PARAM_DTYPE=_TL_DTYPES[pd],
                                    ACC_DTYPE=_TL_DTYPES[acc], WEIGHT_FROM_PTR=from_ptr,
-                                   BLOCK=BLOCK, num_warps=8)
+                                   ALIGNED=aligned, BLOCK=BLOCK, num_warps=8)
