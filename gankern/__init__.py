@@ -4,11 +4,11 @@ The public API (DESIGN.md §2). Everything else is internal.
 """
 
 from . import ops
-from .nn import EMA, ema_schedules
+from .nn import EMA, PostHocEMA, ema_schedules
 from .nn import convert_spectral_norm, spectral_norm
 from .train.gradient_penalty import gradient_penalty
 from . import data, metrics, train  # gk.train.GANTrainer, gk.data.ring(), gk.metrics.mode_metrics
 
 __version__ = "0.1.0"
 
-__all__ = ["EMA", "ema_schedules", "spectral_norm", "convert_spectral_norm", "gradient_penalty", "ops", "train", "data", "metrics", "__version__"]
+__all__ = ["EMA", "PostHocEMA", "ema_schedules", "spectral_norm", "convert_spectral_norm", "gradient_penalty", "ops", "train", "data", "metrics", "__version__"]

@@ -17,6 +17,7 @@ COMMANDS = {
     "train": ("gankern.train.cli", "train a GAN on ring, grid, digits or an image folder"),
     "dirac": ("gankern.train.dirac", "the Dirac GAN: trajectories per loss and regularizer"),
     "bench": ("gankern.bench.cli", "benchmark table: every op, every backend, vs the references"),
+    "ema-synthesize": ("gankern.nn.posthoc_ema_cli", "post-hoc EMA: synthesize any EMA length from snapshots"),
 }
 
 

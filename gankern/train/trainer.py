@@ -107,6 +107,11 @@ class GANTrainer:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         self.betas = (float(betas[0]), float(betas[1]))
         self.n_critic = _count(n_critic, "n_critic", 1)
+        from ..nn.posthoc_ema import PostHocEMA  # ema=gk.PostHocEMA(G, ...): post-hoc EMA profiles
+
+        self.posthoc_ema, ema = (ema, None) if isinstance(ema, PostHocEMA) else (None, ema)
+        if self.posthoc_ema is not None and (self.posthoc_ema._model is not G or ema_start != 0):
+            raise ValueError("ema=PostHocEMA must be built on this G (gk.PostHocEMA(G, ...)), with ema_start=0")
         if ema is not None and ema is not False and not callable(ema):
             if isinstance(ema, bool) or not isinstance(ema, numbers.Real) or not 0 <= ema < 1:
                 raise ValueError(f"ema must be a decay in [0, 1), a schedule, or None; got {ema!r}")
@@ -165,6 +170,7 @@ class GANTrainer:
             from ..nn import EMA
 
             self.ema = EMA(G, decay=self.ema_decay, update_after_step=self.ema_start)
+        self.ema = self.posthoc_ema or self.ema
         self.step_count = 0  # D steps taken
         self.g_steps = 0
 
@@ -214,6 +220,7 @@ class GANTrainer:
         return {"loss": self.loss, "reg": [r.config() for r in self.regs], "g_lr": self.g_lr,
                 "d_lr": self.d_lr, "betas": list(self.betas), "n_critic": self.n_critic,
                 "ema": ema if not callable(ema) else None, "ema_is_schedule": callable(ema),
+                "ema_posthoc": self.posthoc_ema.config() if self.posthoc_ema is not None else None,
                 "instance_noise": self.noise.sigma, "noise_anneal_steps": self.noise.anneal_steps,
                 "d_l2": self.d_l2, "amp": self.amp or False, "spectral_norm": self.spectral_norm,
                 "unrolled": self.unrolled, "qp_lambda": self.qp_lambda, "z_dim": self.z_dim,
@@ -466,6 +473,11 @@ class GANTrainer:
         if cfg.pop("ema_is_schedule") and "ema" not in overrides:
             raise ckpt.CheckpointError(f"checkpoint {path!r} was trained with an EMA schedule: pass "
                                        f"ema=<the schedule> to GANTrainer.load")
+        posthoc = cfg.pop("ema_posthoc", None)
+        if posthoc is not None and "ema" not in overrides:
+            from ..nn.posthoc_ema import PostHocEMA
+
+            cfg["ema"] = PostHocEMA.from_config(G, posthoc)
         cfg.update(overrides)
         trainer = cls(G, D, **cfg)
         try:
