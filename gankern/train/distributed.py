@@ -27,6 +27,7 @@ trainer is built (wrap).
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 
@@ -153,21 +154,15 @@ def sharded_penalty(reg, D, real, fake, generator=None, scaler=None) -> torch.Te
                             alpha=alpha, scaler=scaler, impl=reg.impl)
 
 
-def init_from_env(device: str = "cpu") -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1 in the environment): gloo on the
-    CPU, NCCL for cuda, each rank on cuda:LOCAL_RANK. Returns whether it initialized one."""
+def init_from_env() -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1 in the environment), with
+    torch's default backends (gloo for CPU tensors, NCCL for CUDA tensors where built), each
+    rank on cuda:LOCAL_RANK when CUDA is present; the group is destroyed at exit. Returns
+    whether it initialized one."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or world()[1] > 1:
         return False
-    if device.startswith("cuda"):
+    if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+    dist.init_process_group()
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return True
-
-
-def local_device(device: str) -> str:
-    """cuda:LOCAL_RANK under torchrun for device "cuda"; the device unchanged otherwise."""
-    if device == "cuda" and world()[1] > 1:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return device
