@@ -190,11 +190,15 @@ def test_what_is_left_and_why():
         ("e", nn.Linear(4, 4)), ("e_act", nn.Softplus(beta=2.0)),
         ("f", nn.Linear(4, 4)), ("f_act", nn.GELU()),
         ("g", OwnForwardSequential(nn.Linear(4, 4), nn.ReLU())),
-        ("h", nn.Linear(4, 4)), ("i", nn.Identity()), ("h_act", nn.SELU())]))
+        ("h", nn.Linear(4, 4)), ("i", nn.Identity()), ("h_act", nn.SELU()),
+        # torch's legacy spectral norm: a forward pre-hook computes the weight, the bias is untouched.
+        ("j", nn.utils.spectral_norm(nn.Linear(4, 4))), ("j_act", nn.LeakyReLU(0.1))]))
     D = model.double()
     fused, report = gk.nn.fuse_bias_act(copy.deepcopy(D), return_report=True)
     why = dict(report.left)
-    assert report.fused == [("h", "h_act", "selu")]  # the Identity in between passes its input on
+    # The Identity between h and its act passes its input on.
+    assert report.fused == [("h", "h_act", "selu"), ("j", "j_act", "lrelu")]
+    assert list(fused.state_dict()) == list(D.state_dict())
     assert "shared" in why["a"] and "hooks" in why["c"] and "overrides" in why["d"]
     assert "Softplus" in why["e"] and "GELU" in why["f"] and "g.0" in why and "not visible" in why["g.0"]
     x = torch.randn(3, 4, dtype=torch.float64)

@@ -277,8 +277,11 @@ def _why_not(layer: nn.Module, nxt, registrations, seq) -> Optional[str]:
         return "its forward is replaced on the instance (a hook library?): left as it is"
     if registrations[id(layer)] > 1:
         return f"registered {registrations[id(layer)]} times (shared): every use would lose its bias"
-    if _has_hooks(layer):
-        return "has hooks, which would see its output without the bias"
+    # Forward pre-hooks (legacy hook-based spectral norm, weight norm) run before the forward
+    # and see the same input and module; forward and backward hooks would see the output
+    # without its bias.
+    if layer._forward_hooks or layer._backward_hooks or getattr(layer, "_backward_pre_hooks", None):
+        return "has forward or backward hooks, which would see its output without the bias"
     if nxt is None:
         return f"last module run by its {_describe(seq)}: what uses its output is not visible"
     act_module = nxt[3]
