@@ -98,8 +98,10 @@ CRITICS = {
     "dcgan-wgangp": (DCGANCritic, (3, 3, 32, 32),
                      [("main.0", "main.1", "lrelu"), ("main.2", "main.3", "lrelu"), ("main.4", "main.5", "lrelu")],
                      ["main.6"]),
+    # The conv biases before BN are left; BN's own shift is fused with the LeakyReLU after it.
     "dcgan-bn": (DCGANDiscriminatorBN, (3, 3, 32, 32),
-                 [("main.0", "main.1", "lrelu"), ("main.8", "main.9", "sigmoid")], ["main.2", "main.5"]),
+                 [("main.0", "main.1", "lrelu"), ("main.3", "main.4", "lrelu"), ("main.6", "main.7", "lrelu"),
+                  ("main.8", "main.9", "sigmoid")], ["main.2", "main.5"]),
     "wgangp-mlp": (MLPCritic, (5, 2),
                    [("net.fc1.0", "net.act1", "relu"), ("net.b2.0", "net.b2.1", "relu"),
                     ("net.b3.0", "net.b3.1", "relu")], ["net.out"]),
@@ -142,6 +144,9 @@ def test_third_party_critic_same_function_same_checkpoints(name):
     torch.testing.assert_close(out_f, out, rtol=1e-12, atol=1e-12)
     for g, gf in zip(grads, grads_f):
         torch.testing.assert_close(gf, g, rtol=1e-10, atol=1e-12)
+    # Buffers moved the same way (BatchNorm statistics, num_batches_tracked, spectral-norm u/v).
+    for k, v in D.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[k], v, rtol=1e-12, atol=1e-12, msg=k)
 
     # An old checkpoint (another original model's) loads strictly into the fused model ...
     torch.manual_seed(1)
@@ -156,6 +161,37 @@ def test_third_party_critic_same_function_same_checkpoints(name):
     fresh = factory().double()
     fresh.load_state_dict(torch.load(buf, weights_only=True), strict=True)
     torch.testing.assert_close(fresh(x), fused(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum, track", [(0.1, True), (None, True), (0.1, False)])
+def test_batchnorm_shift_fused_train_and_eval(momentum, track):
+    """BN(affine) -> act: BN normalizes and scales, the activation adds BN's shift. Statistics,
+    buffer updates and the function stay BatchNorm's, in training and in eval."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(3, 6, bias=False), nn.BatchNorm1d(6, momentum=momentum, track_running_stats=track),
+                      nn.Tanh(), nn.Unflatten(1, (6, 1, 1)),
+                      nn.BatchNorm2d(6, momentum=momentum, track_running_stats=track), nn.ELU()).double()
+    with torch.no_grad():
+        for m in D.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+    fused, report = gk.nn.fuse_bias_act(copy.deepcopy(D), return_report=True)
+    assert report.fused == [("1", "2", "tanh"), ("4", "5", "elu")] and report.left == []
+    for step in range(3):
+        x = torch.randn(5, 3, dtype=torch.float64)
+        out, grads = _r1_and_grads(D, x)
+        out_f, grads_f = _r1_and_grads(fused, x)
+        torch.testing.assert_close(out_f, out, rtol=1e-12, atol=1e-12)
+        for g, gf in zip(grads, grads_f):
+            torch.testing.assert_close(gf, g, rtol=1e-10, atol=1e-12)
+    assert list(fused.state_dict()) == list(D.state_dict())
+    for k, v in D.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[k], v, rtol=1e-12, atol=1e-12, msg=k)
+    D.eval()
+    fused.eval()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), D(x), rtol=1e-12, atol=1e-12)
 
 
 def test_float32_critic_and_report_logged(caplog):

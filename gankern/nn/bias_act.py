@@ -13,10 +13,14 @@ Only what provably keeps the function is fused: the layer's output must feed the
 nothing else. nn.Sequential (its own forward, no hooks) is the one container whose call order is
 visible, so pairs are found in the execution order of Sequentials, nested ones flattened (a
 Sequential ending in a Conv followed by one starting with a LeakyReLU is a pair). A module's own
-forward() may use a layer's output anywhere, so layers called from custom forwards are left, as
-is Conv -> BatchNorm -> act: the activation's input is BN's output, into which the conv bias
-does not pass (in training BN subtracts the batch mean, bias included); folding BN would change
-its statistics and its state_dict. What was left, and why, is in the FuseReport.
+forward() may use a layer's output anywhere, so layers called from custom forwards are left.
+In Conv -> BatchNorm -> act the conv bias is left: the activation's input is BN's output, and
+the conv bias is not the last add before it (in training BN subtracts the batch mean, bias
+included); folding the conv into BN would change BN's statistics and its state_dict. BN's own
+affine shift *is* the last add (y = x_hat * weight + bias, in training and eval), so
+BatchNorm(affine) -> act is fused like a layer: BN computes x_hat * weight with its own
+statistics and buffer updates, and the activation adds BN's bias. What was left, and why, is
+in the FuseReport.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ class BiasAct(nn.Module):
 
 
 _LOG = logging.getLogger("gankern")
+# BatchNorm's affine shift is its last add: y = x_hat * weight + bias, in training and in eval.
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_FUSABLE = _LAYERS + _NORMS
 _CONV_TRANSPOSE = {nn.ConvTranspose1d: (1, F.conv_transpose1d), nn.ConvTranspose2d: (2, F.conv_transpose2d),
                    nn.ConvTranspose3d: (3, F.conv_transpose3d)}
 
@@ -110,12 +117,33 @@ def _torch_layer_class(layer: nn.Module):
         if isinstance(layer, cls) and type(layer).forward is cls.forward and \
                 getattr(type(layer), "_conv_forward", None) is getattr(cls, "_conv_forward", None):
             return cls
+    for cls in _NORMS:  # SyncBatchNorm has a forward of its own: not here
+        if isinstance(layer, cls) and type(layer).forward is cls.forward and \
+                type(layer)._check_input_dim is cls._check_input_dim:
+            return cls
     return None
+
+
+def _batch_norm_without_shift(bn: nn.Module, input: torch.Tensor) -> torch.Tensor:
+    """BatchNorm's own forward with its shift (bias) left out: the same statistics, the same
+    running-stat and num_batches_tracked updates, then x_hat * weight."""
+    bn._check_input_dim(input)
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average
+            factor = 1.0 / float(bn.num_batches_tracked)
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    buffers_used = not bn.training or bn.track_running_stats
+    return F.batch_norm(input, bn.running_mean if buffers_used else None,
+                        bn.running_var if buffers_used else None, bn.weight, None, batch_stats, factor, bn.eps)
 
 
 def _forward_without_bias(layer: nn.Module, input: torch.Tensor, output_size=None) -> torch.Tensor:
     """The layer's own forward, bias left out (the DeferredBiasAct after it adds it)."""
     cls = _torch_layer_class(layer)
+    if cls in _NORMS:
+        return _batch_norm_without_shift(layer, input)
     if cls is nn.Linear:
         return F.linear(input, layer.weight)
     if cls in _CONV_TRANSPOSE:
@@ -204,7 +232,7 @@ def _describe(m: nn.Module) -> str:
 
 
 def fuse_bias_act(model: nn.Module, impl: str = "auto", *, return_report: bool = False):
-    """In place: every Linear/Conv(Transpose) layer with a bias whose output goes straight into
+    """In place: every Linear/Conv(Transpose)/BatchNorm layer with a bias whose output goes straight into
     a supported activation module (found in the execution order of nn.Sequential containers,
     nested ones included) stops adding its bias, and the activation becomes a DeferredBiasAct
     that adds it inside the fused bias_act. Same function, same parameters, same state_dict keys.
@@ -241,7 +269,7 @@ def fuse_bias_act(model: nn.Module, impl: str = "auto", *, return_report: bool =
     for name, seq in roots:
         order = _execution_order(seq, name)
         for i, (lname, lparent, lkey, layer) in enumerate(order):
-            if not isinstance(layer, _LAYERS) or getattr(layer, "bias", None) is None or id(layer) in handled:
+            if not isinstance(layer, _FUSABLE) or getattr(layer, "bias", None) is None or id(layer) in handled:
                 continue
             handled.add(id(layer))
             nxt = order[i + 1] if i + 1 < len(order) else None
@@ -257,7 +285,7 @@ def fuse_bias_act(model: nn.Module, impl: str = "auto", *, return_report: bool =
             report.fused.append((lname, aname, act))
     # Layers with a bias outside any Sequential's visible order.
     for name, m in model.named_modules():
-        if isinstance(m, _LAYERS) and getattr(m, "bias", None) is not None and id(m) not in handled \
+        if isinstance(m, _FUSABLE) and getattr(m, "bias", None) is not None and id(m) not in handled \
                 and not _bias_deferred(m):
             parent = parent_of.get(id(m))
             where = _describe(parent) if parent is not None else "the caller"
@@ -287,8 +315,8 @@ def _why_not(layer: nn.Module, nxt, registrations, seq) -> Optional[str]:
     act_module = nxt[3]
     if isinstance(act_module, nn.modules.batchnorm._NormBase):
         return (f"followed by {_describe(act_module)}, not an activation: the activation's input is "
-                "the norm's output, and the bias is not the last add before it (BN subtracts the "
-                "batch mean, this bias included)")
+                "the norm's output, and this bias is not the last add before it (BN subtracts the "
+                "batch mean, this bias included); the norm's own shift is fused where it can be")
     if _has_hooks(act_module):
         return f"the {_describe(act_module)} after it has hooks, which would see a changed input"
     if _act_of(act_module) is None:
