@@ -272,3 +272,24 @@ def _pickled(m):
     torch.save(m, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=False)
+
+
+def test_layer_replaced_after_fusing_is_refused():
+    """A converter run after fusing that swaps the layer for a new module holding the same bias
+    Parameter would add the bias twice: the fused activation refuses to run instead."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.LeakyReLU(0.2), nn.Conv2d(4, 1, 1))
+    fused = gk.nn.fuse_bias_act(copy.deepcopy(D)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(fused(x), D.eval()(x), rtol=1e-5, atol=1e-6)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(fused))
+    assert synced[1].bias is not None and isinstance(synced[2], DeferredBiasAct)
+    with pytest.raises(RuntimeError, match="replaced after fuse_bias_act"):
+        synced(x)
+    # Converting first, then fusing, is safe: SyncBatchNorm has its own forward and is left.
+    _, report = gk.nn.fuse_bias_act(nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(D)), return_report=True)
+    assert report.fused == [] and "SyncBatchNorm" in dict(report.left)["0"]
+    restored = copy.deepcopy(fused)
+    del restored[1].forward  # the layer's own forward back: it adds its bias again
+    with pytest.raises(RuntimeError, match="add it twice"):
+        restored(x)

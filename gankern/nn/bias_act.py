@@ -168,15 +168,31 @@ class DeferredBiasAct(BiasAct):
     an optimizer) is seen."""
 
     def __init__(self, layer: nn.Module, layer_name: str, act: str, alpha: Optional[float], dim: int,
-                 impl: str = "auto"):
+                 impl: str = "auto", home: Optional[tuple] = None):
         nn.Module.__init__(self)  # not BiasAct's: it would register a bias of its own
-        self.__dict__["layer"] = layer  # a reference, not a child: no second state_dict key
+        # References, not children: no second state_dict key. home = (the layer's parent, its key).
+        self.__dict__["layer"] = layer
+        self.__dict__["home"] = home
         self.layer_name = layer_name
         self.act, self.alpha, self.gain, self.clamp, self.dim, self.impl = act, alpha, 1.0, None, dim, impl
 
     @property
     def bias(self):
         return self.layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A converter that later replaces the layer by a new module holding the same bias
+        # Parameter (nn.SyncBatchNorm.convert_sync_batchnorm, LoRA or quantization wrappers) would
+        # make the bias count twice; a layer whose forward was restored, not at all. Refuse both.
+        home = self.home
+        if home is not None and home[0]._modules.get(home[1]) is not self.layer:
+            raise RuntimeError(f"the layer {self.layer_name!r} whose bias this DeferredBiasAct adds was "
+                               "replaced after fuse_bias_act (e.g. by convert_sync_batchnorm): its new "
+                               "module adds the bias itself; run such conversions before fuse_bias_act")
+        if not _bias_deferred(self.layer):
+            raise RuntimeError(f"the layer {self.layer_name!r} adds its bias again (its forward was "
+                               "restored after fuse_bias_act), so this DeferredBiasAct would add it twice")
+        return super().forward(x)
 
     def extra_repr(self) -> str:
         s = f"bias of {self.layer_name!r}, act={self.act!r}, dim={self.dim}"
@@ -281,7 +297,7 @@ def fuse_bias_act(model: nn.Module, impl: str = "auto", *, return_report: bool =
             act, alpha = _act_of(act_module)
             dim = -1 if isinstance(layer, nn.Linear) else 1
             layer.forward = functools.partial(_forward_without_bias, layer)
-            aparent._modules[akey] = DeferredBiasAct(layer, lname, act, alpha, dim, impl)
+            aparent._modules[akey] = DeferredBiasAct(layer, lname, act, alpha, dim, impl, (lparent, lkey))
             report.fused.append((lname, aname, act))
     # Layers with a bias outside any Sequential's visible order.
     for name, m in model.named_modules():
