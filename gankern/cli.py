@@ -1,13 +1,16 @@
 """The `gankern` command (also `python -m gankern`).
 
 Each subcommand lives in its own module exposing configure(parser) and main(args) -> int, so
-the command grows without this file becoming a grab-bag.
+the command grows without this file becoming a grab-bag. A bad value that a subcommand does not
+catch itself (e.g. GANKERN_IMPL=foo) still ends in one "gankern <command>: error: ..." line and
+exit status 2; GANKERN_TRACEBACK=1 shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -22,7 +25,11 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gankern", description="Fused GPU kernels for GAN training.")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gankern", description="Fused kernels for GAN training (C++ on the CPU; CUDA and Triton on GPUs).")
+    parser.add_argument("--version", action="version", version=f"gankern {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         module = importlib.import_module(COMMANDS[name][0])
@@ -43,6 +50,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, TypeError) as e:
+        if os.environ.get("GANKERN_TRACEBACK") == "1":
+            raise
+        text = str(e).strip()
+        print(f"gankern {args.command}: error: {text.splitlines()[0] if text else type(e).__name__}",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -67,13 +67,13 @@ def test_lr_decay_flags_reach_the_trainer_and_its_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--loss", "minimax"], "loss must be one of"),
-    (["--g-lr", "-1"], "g_lr must be a finite number > 0"),
+    (["--g-lr", "-1"], "--g-lr must be a finite number > 0"),
     (["--data", "nowhere"], "data must be ring, grid, digits or an image folder"),
     (["--reg", "r3"], "reg must be one of"),
-    (["--steps", "x"], "steps must be int"),
+    (["--steps", "x"], "--steps must be an int"),
     (["--amp", "int8"], "amp must be none, bf16 or fp16"),
-    (["--lr-decay-start", "4"], "lr_decay_start must be in [0, steps)"),
-    (["--lr-decay-start", "1", "--lr-final", "0"], "lr_final must be > 0"),
+    (["--lr-decay-start", "4"], "--lr-decay-start must be in [0, --steps)"),
+    (["--lr-decay-start", "1", "--lr-final", "0"], "--lr-final must be a finite number > 0"),
 ])
 def test_bad_flags_give_one_error_line(tmp_path, capsys, argv, message):
     assert main(["train", "--out", str(tmp_path / "run"), *TINY, *argv]) == 2
@@ -93,14 +93,17 @@ def test_empty_folder_bad_config_and_unreadable_checkpoint(tmp_path, capsys):
     junk.write_bytes(b"junk")
     assert main(["train", "--resume", str(junk), *TINY]) == 2
     err = capsys.readouterr().err
-    assert "cannot read checkpoint" in err and err.count("\n") == 1
+    assert "--resume: " in err and "is not a gankern checkpoint" in err and err.count("\n") == 1
 
 
-def test_d_cannot_take_g_output_from_a_checkpoint_of_other_data(tmp_path, capsys):
+def test_resume_keeps_the_checkpoint_data_and_warns_about_other_data(tmp_path, capsys):
     assert main(["train", "--data", "ring", "--out", str(tmp_path / "r"), *TINY]) == 0
     capsys.readouterr()
-    assert main(["train", "--data", "digits", "--resume", str(tmp_path / "r" / "checkpoint.pt"), *TINY]) == 2
-    assert "was trained on samples of shape (2,)" in capsys.readouterr().err
+    assert main(["train", "--data", "digits", "--resume", str(tmp_path / "r" / "checkpoint.pt"), *TINY,
+                 "--steps", "6"]) == 0
+    captured = capsys.readouterr()
+    assert "--data 'digits' ignored: the run in" in captured.err and "trained with 'ring'" in captured.err
+    assert "gankern train: ring -> " in captured.out and "done at step 6" in captured.out
 
 
 def test_subprocess_error_has_no_traceback(tmp_path):
@@ -108,4 +111,4 @@ def test_subprocess_error_has_no_traceback(tmp_path):
                           text=True, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "gankern train: error: loss must be one of saturating, ns, wgan, hinge, lsgan, rsgan, ragan, gan-qp; got 'nope'"]
+        "gankern train: error: --loss must be one of saturating, ns, wgan, hinge, lsgan, rsgan, ragan, gan-qp; got 'nope'"]

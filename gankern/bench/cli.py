@@ -92,17 +92,13 @@ def main(args) -> int:
 
     bar = None
     if not args.no_progress:
-        try:
-            from tqdm import tqdm
+        from ..progress import Progress
 
-            bar = tqdm(total=len(ops), unit="op", file=sys.stderr, dynamic_ncols=True, leave=False,
-                       disable=None)  # None: no bar when stderr is not a terminal (logs)
-        except ImportError:
-            bar = None
+        bar = Progress(len(ops), "bench")  # a bar on a terminal, a line every 10 s in a log
 
     def progress(msg: str) -> None:
         if bar is not None:
-            bar.set_description_str(msg[:60])
+            bar.set_postfix(refresh=True, now=msg[:60])
 
     results = runner.run_ops(ops, device, args.quick, cfg, bandwidth, progress,
                              on_op_done=(lambda op: bar.update(1)) if bar is not None else None,

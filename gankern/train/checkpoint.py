@@ -9,7 +9,9 @@ checkpoint holds tensors, numbers, strings and containers only, never pickled co
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import zipfile
 
 import torch
 
@@ -42,13 +44,23 @@ def atomic_save(obj, path) -> None:
 
 def read(path) -> dict:
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a directory, not a file")
+    # torch.save writes a zip archive; anything else is another format or garbage. Said here,
+    # because torch's own message for it suggests weights_only=False, which would run the file's code.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path!r} is not a gankern checkpoint (not a torch.save file, or "
+                              f"truncated before its end)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path!r} does not exist") from None
-    except Exception as e:  # torch raises many types for a corrupt or foreign file
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path!r} is not a gankern checkpoint: it holds pickled objects other "
+                              f"than tensors and plain data (not loaded: that would run its code)") from None
+    except Exception as e:  # torch raises many types (RuntimeError, OSError, KeyError) for a damaged file
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {msg}") from None
+        raise CheckpointError(f"checkpoint {path!r} is damaged (truncated or corrupt): {msg[:120]}") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path!r} is not a gankern GANTrainer checkpoint")
     if ck.get("version") != VERSION:

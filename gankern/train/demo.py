@@ -66,7 +66,7 @@ def configure(parser):
     parser.add_argument("--sn", action=argparse.BooleanOptionalAction, default=True,
                         help="spectral norm on D, D's input scaled by 20: SN's Lipschitz bound "
                              "(default on; --no-sn for an unconstrained D)")
-    parser.add_argument("--out", default="gankern_demo.png", help="picture (default gankern_demo.png)")
+    parser.add_argument("--out", default=os.path.join("runs", "demo.png"), help="picture (default runs/demo.png)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: faster than more for models this small)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")

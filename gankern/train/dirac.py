@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import torch
 from torch import nn
@@ -131,7 +132,8 @@ def configure(parser):
     parser.add_argument("--psi0", type=float, default=1.0, help="initial ψ (default 1)")
     parser.add_argument("--ema", type=float, default=0.99, help="EMA decay for θ (default 0.99)")
     parser.add_argument("--only", default=None, help="comma-separated substrings of the names to run")
-    parser.add_argument("--out", default="dirac.png", help="trajectory plot (default dirac.png)")
+    parser.add_argument("--out", default=os.path.join("runs", "dirac.png"),
+                        help="trajectory plot (default runs/dirac.png)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
 
 
@@ -157,15 +159,23 @@ def main(args) -> int:
             print(f"gankern dirac: error: --only {args.only!r} matches none of: "
                   f"{', '.join(c[0] for c in configs())}", file=sys.stderr)
             return 2
+    from ..progress import Progress
+
     results, rows = [], []
+    bar = Progress(len(todo), "dirac") if not args.json else None
     for name, loss, reg, expect in todo:
         res = simulate(loss, reg, steps=args.steps, lr=args.lr, theta0=args.theta0, psi0=args.psi0,
                        ema=args.ema)
+        if bar is not None:
+            bar.update(1, last=name)
         results.append((name, res))
         converged = not res["diverged"] and abs(res["theta"]) < 1e-2 and abs(res["psi"]) < 1e-2
         rows.append({"name": name, "theta": res["theta"], "psi": res["psi"], "ema_theta": res["ema_theta"],
                      "converged": converged, "theory_converges": expect, "diverged": res["diverged"]})
+    if bar is not None:
+        bar.close()
     if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         plot(results, args.out)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -1,5 +1,5 @@
-"""GANTrainer.fit's loop: batches, progress bar, periodic pictures/metrics/checkpoints, and the
-handling of divergence and interruption.
+"""GANTrainer.fit's loop: batches, progress (gankern/progress.py), periodic pictures, metrics and
+checkpoints, and the handling of divergence and interruption.
 
 Kept apart from trainer.py so the step logic stays readable. Signals: the first Ctrl-C (SIGINT)
 or SIGTERM only sets a flag; the loop finishes the step it is in, writes the checkpoint, and
@@ -129,10 +129,9 @@ def run_fit(trainer, data, steps, out_dir=None, every=500, progress=True, metric
     writer = world()[0] == 0
     bar = None
     if progress and writer:
-        from tqdm.auto import tqdm
+        from ..progress import Progress
 
-        bar = tqdm(total=steps, initial=min(trainer.step_count, steps), desc="train",
-                   dynamic_ncols=True, leave=True)
+        bar = Progress(steps, "train", initial=min(trainer.step_count, steps))
     t0 = time.time()
     try:
         with _Signals() as sig:
@@ -156,9 +155,8 @@ def run_fit(trainer, data, steps, out_dir=None, every=500, progress=True, metric
                         sums[k] = sums.get(k, 0.0) + v
                         counts[k] = counts.get(k, 0) + 1
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix({k: _fmt(out[k]) for k in ("d_loss", "g_loss", "d_grad_norm", "reg")
-                                     if k in out}, refresh=False)
+                    bar.update(1, **{k: _fmt(out[k]) for k in ("d_loss", "g_loss", "d_grad_norm", "reg")
+                                     if k in out})
                 if trainer.step_count % every == 0 or trainer.step_count == steps:
                     rec = {"step": trainer.step_count, "time_s": round(time.time() - t0, 3)}
                     rec.update({k: sums[k] / counts[k] for k in sums})
@@ -174,8 +172,8 @@ def run_fit(trainer, data, steps, out_dir=None, every=500, progress=True, metric
                     if out_dir:
                         trainer.save(ckpt_path)
                     if bar is not None:
-                        bar.set_postfix({k: _fmt(v) for k, v in rec.items() if k in
-                                         ("d_loss", "g_loss", "d_grad_norm", "modes", "ema_modes", "ema_hq")})
+                        bar.set_postfix(**{k: _fmt(v) for k, v in rec.items() if k in
+                                           ("d_loss", "g_loss", "d_grad_norm", "modes", "ema_modes", "ema_hq")})
     finally:
         if bar is not None:
             bar.close()

@@ -172,6 +172,9 @@ class GANTrainer:
             self.ema = EMA(G, decay=self.ema_decay, update_after_step=self.ema_start)
         self.ema = self.posthoc_ema or self.ema
         self.step_count = 0  # D steps taken
+        # Plain data a caller keeps with the run (`gankern train` stores its options for
+        # --resume); saved in checkpoints, never read by the trainer itself.
+        self.run_options = None
         self.g_steps = 0
 
     # -- setup -------------------------------------------------------------------------------
@@ -438,7 +441,7 @@ class GANTrainer:
                 "g_opt": self.g_opt.state_dict(), "d_opt": self.d_opt.state_dict(),
                 "g_scaler": self.g_scaler.state_dict() if self.g_scaler else None,
                 "d_scaler": self.d_scaler.state_dict() if self.d_scaler else None,
-                "step": self.step_count, "g_steps": self.g_steps,
+                "step": self.step_count, "g_steps": self.g_steps, "run_options": self.run_options,
                 "rng": ckpt.rng_state({"gen": self.gen, "data_gen": self.data_gen})}
 
     def save(self, path) -> None:
@@ -500,6 +503,7 @@ class GANTrainer:
             self.g_scaler.load_state_dict(ck["g_scaler"])
             self.d_scaler.load_state_dict(ck["d_scaler"])
         self.step_count = int(ck["step"])
+        self.run_options = ck.get("run_options")
         self.g_steps = int(ck["g_steps"])
         ckpt.set_rng_state(ck["rng"], {"gen": self.gen, "data_gen": self.data_gen})
 
