@@ -174,3 +174,15 @@ def test_fuzzed_equality_with_k_separate_updates(backend, data):
             assert torch.equal(torch.isnan(a), torch.isnan(b)), (j, i)
             fin = ~torch.isnan(b)
             assert torch.equal(a[fin], b[fin]), (j, i)
+
+
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_posthoc_bench_case_computes_what_it_times(param_dtype):
+    from gankern.bench.cases import ema as ema_cases
+
+    case = ema_cases.make_posthoc_case(ema_cases.tiny_shapes(), param_dtype, DEVICE, "tiny")
+    ran = [impl.label for impl in case.impls if impl.skip is None]
+    assert any("ema_update_multi_" in label for label in ran) and any(i.is_baseline for i in case.impls)
+    for impl in case.impls:
+        if impl.skip is None:  # one step from the same start: each equals the float64 reference
+            assert case.error(impl.run()) <= case.tolerance, impl.label

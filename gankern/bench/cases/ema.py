@@ -166,11 +166,88 @@ def _ema_pytorch_impl(shadow: list[torch.Tensor], params: list[torch.Tensor], mi
     return Impl(label, run=run)
 
 
+POSTHOC_SIGMA_RELS = (0.05, 0.10)  # EDM2's two tracked profiles: K = 2
+POSTHOC_STEP = 1000  # the power-EMA weights of update 1000: 1 - (1 - 1/t)^(gamma + 1)
+
+
+def make_posthoc_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.device, model: str,
+                      seed: int = 0) -> Case:
+    """Post-hoc EMA: K shadows of one parameter list per step, fused (params read once) against
+    K separate updates. The _foreach_lerp_ baseline upcasts bf16 params once per step and
+    reuses them for the K lerps (its most favourable form)."""
+    from ...nn.power_ema import power_beta, sigma_rel_to_gamma
+    from ...ops.ema import PlannedEmaUpdate
+    from ...ops.ema.multi import IMPLEMENTED as MULTI_IMPLEMENTED
+    from ...ops.ema.multi import PlannedEmaMultiUpdate
+
+    k = len(POSTHOC_SIGMA_RELS)
+    weights = [1.0 - power_beta(POSTHOC_STEP, sigma_rel_to_gamma(s)) for s in POSTHOC_SIGMA_RELS]
+    g = torch.Generator().manual_seed(seed)
+    params = [(torch.randn(s, generator=g, dtype=torch.float64) * 0.05).to(device, param_dtype) for s in shapes]
+    shadows0 = [[(p.double().cpu() + torch.randn(p.shape, generator=g, dtype=torch.float64) * 1e-3)
+                 .to(device, torch.float32) for p in params] for _ in range(k)]
+    ref64 = {}
+
+    def error(out):
+        if "v" not in ref64:
+            cpu_params = [p.cpu() for p in params]
+            ref64["v"] = [t for s, w in zip(shadows0, weights)
+                          for t in ema_update_float64([x.cpu() for x in s], cpu_params, w)]
+        return rel_error([t for s in out for t in s], ref64["v"])
+
+    def fresh():
+        return [[t.clone() for t in s] for s in shadows0]
+
+    mixed = param_dtype != torch.float32
+    total = sum(_numel(s) for s in shapes)
+    impls = []
+    for backend in _backend.available(MULTI_IMPLEMENTED, device):
+        if backend == "reference":
+            continue  # K _foreach_lerp_ calls: the baseline row below
+        label = f"gankern[{backend}] ema_update_multi_"
+        if backend == "triton" and device.type == "cpu" and total > INTERPRETED_TRITON_MAX_NUMEL:
+            impls.append(Impl(label, run=lambda: None,
+                              skip="Triton on CPU is the interpreter (a test vehicle), not timed"))
+            continue
+        shadows = fresh()
+        fused = PlannedEmaMultiUpdate(shadows, params, backend)
+        impls.append(Impl(label, run=lambda f=fused, s=shadows: (f(weights), s)[1]))
+        single_shadows = fresh()
+        singles = [PlannedEmaUpdate(s, params, backend) for s in single_shadows]
+        impls.append(Impl(f"gankern[{backend}] {k} x ema_update_",
+                          run=lambda u=singles, s=single_shadows: ([f(w) for f, w in zip(u, weights)], s)[1]))
+
+    s_foreach = fresh()
+
+    def foreach():
+        ends = [x.float() for x in params] if mixed else params
+        for s, w in zip(s_foreach, weights):
+            torch._foreach_lerp_(s, ends, w)
+        return s_foreach
+
+    impls.append(Impl(f"{k} x torch._foreach_lerp_" + (" (params upcast once)" if mixed else ""),
+                      run=foreach, is_baseline=True))
+    impls.append(Impl("ema-pytorch PostHocEMA", run=lambda: None,
+                      skip="not timed here: it runs one KarrasEMA update per profile, i.e. the "
+                           f"{k} x _foreach_lerp_ row at best"))
+    itemsize = torch.empty((), dtype=param_dtype).element_size()
+    label = "fp32" if not mixed else f"{str(param_dtype).replace('torch.', '')} params, fp32 shadows"
+    return Case(op="ema", name=f"post-hoc EMA K={k}, {model} G, {label}", impls=impls, error=error,
+                tolerance=1e-5, bytes_moved=total * (itemsize + 2 * 4 * k), flops=3 * k * total,
+                params={"model": model, "tensors": len(shapes), "numel": total, "K": k,
+                        "sigma_rels": list(POSTHOC_SIGMA_RELS), "weights": weights,
+                        "param_dtype": str(param_dtype), "shadow_dtype": "torch.float32"})
+
+
 def cases(device: torch.device, quick: bool) -> list[Case]:
     compile_ok = not (quick and device.type == "cpu")
     if quick:
         shapes, model = sngan_g_shapes(), "SNGAN-32"
     else:
         shapes, model = stylegan2_g_shapes(256), "StyleGAN2-256"
-    return [make_case(shapes, dtype, device, model, with_compile=compile_ok, seed=i)
-            for i, dtype in enumerate((torch.float32, torch.bfloat16))]
+    # Post-hoc EMA at the size the issue sets (~30M params): StyleGAN2-1024 config F's G.
+    posthoc_shapes, posthoc_model = ((sngan_g_shapes(), "SNGAN-32") if quick else
+                                     (stylegan2_g_shapes(1024, channel_base=32768), "StyleGAN2-1024"))
+    dtypes = (torch.float32, torch.bfloat16)
+    return ([make_case(shapes, dtype, device, model, with_compile=compile_ok, seed=i) for i, dtype in enumerate(dtypes)]
+            + [make_posthoc_case(posthoc_shapes, dtype, device, posthoc_model, seed=i) for i, dtype in enumerate(dtypes)])
