@@ -4,13 +4,13 @@ One launch checks many cases in sequence, so the suite pays for process start-up
 case trains on this rank's shard of a global batch under a process group of N ranks and saves
 its final state and per-step logs to OUT/<case>.w<N>.rank<r>.pt (4 ranks for the smoke case, then
 2 for all); then rank 0 trains every case again as one process on the global batch
-(OUT/<case>.single.pt), the reference the test compares against. Ranks seed their RNGs differently on purpose: what makes them equal must be
-the trainer (DDP's parameter broadcast, the buffer broadcast), not luck.
+(OUT/<case>.single.pt), the reference the test compares against. Ranks seed their RNGs
+differently on purpose: what makes them equal must be the trainer (DDP's broadcast), not luck.
 
 Cases: GANTrainer with each regularizer kind (WGAN-GP, R1, R2, DRAGAN, lazy every=k), SN on D,
-EMA, instance noise, d_l2, n_critic, in float64; bf16 autocast in float32; and a
-hand-written DistributedDataParallel loop (SN conv D, R1 through the wrapper, micro-batches
-accumulated under no_sync, SGD).
+EMA, instance noise, d_l2, n_critic, unrolled D steps, in float64; bf16 autocast in float32; and a
+hand-written DistributedDataParallel loop with default options (conv D, R1 through the wrapper,
+SGD): with micro-batches accumulated under no_sync, and with gk.spectral_norm.
 """
 
 import contextlib
@@ -37,9 +37,10 @@ CASES = {
                                        ema=0.8)),
     "dragan-lazy": (torch.float64, dict(loss="lsgan", reg=gk.train.DRAGAN(5.0, every=3), d_l2=1e-3,
                                         ema=None)),
+    "hinge-unrolled": (torch.float64, dict(loss="hinge", reg=gk.train.R1(1.0), unrolled=2, ema=None)),
     "r1-bf16": (torch.float32, dict(loss="hinge", reg=gk.train.R1(1.0), amp="bf16", ema=0.9)),
 }
-ALL_CASES = list(CASES) + ["manual"]
+ALL_CASES = list(CASES) + ["manual-no-sync", "manual-sn"]
 SMOKE_CASES = ("r1-sn",)
 
 
@@ -58,14 +59,17 @@ def train_case(kwargs) -> dict:
     return state
 
 
-def train_manual() -> dict:
-    """A user's own DDP loop (default DDP options): one forward over real and fake per
-    micro-batch, R1 through the DDP wrapper on every other step, two micro-batches per step with
-    no_sync on the first. No SN here: its power iteration runs once per forward, so a sample's
-    sigma depends on which micro-batch holds it, and a 1-process split differs from a per-rank one."""
+def train_manual(sn: bool) -> dict:
+    """A user's own DDP loop (default DDP options: buffers broadcast before every forward): one
+    forward over real and fake per micro-batch, R1 through the DDP wrapper on every other step.
+    Without SN: two micro-batches per step, no_sync on the first. With SN (gk.spectral_norm, u/v
+    registered from each rank's own seed): one batch per step, since the power iteration runs
+    once per forward, so a sample's sigma depends on which micro-batch holds it and a 1-process
+    split of the batch differs from a per-rank one."""
     torch.manual_seed(99 + world()[0])
-    D = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 8, 3, 2, 1),
-                      nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(8 * 2 * 2, 1))
+    wrap = gk.spectral_norm if sn else (lambda m: m)
+    D = nn.Sequential(wrap(nn.Conv2d(3, 8, 3, 2, 1)), nn.LeakyReLU(0.2), wrap(nn.Conv2d(8, 8, 3, 2, 1)),
+                      nn.LeakyReLU(0.2), nn.Flatten(), wrap(nn.Linear(8 * 2 * 2, 1)))
     model = D
     if world()[1] > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -76,7 +80,8 @@ def train_manual() -> dict:
     for step in range(STEPS):
         real_all = torch.randn(BATCH, 3, 8, 8, generator=g)
         fake_all = torch.randn(BATCH, 3, 8, 8, generator=g) * 2
-        micro = list(zip(shard(real_all).chunk(2), shard(fake_all).chunk(2)))
+        n_micro = 1 if sn else 2
+        micro = list(zip(shard(real_all).chunk(n_micro), shard(fake_all).chunk(n_micro)))
         opt.zero_grad(set_to_none=True)
         for i, (real, fake) in enumerate(micro):
             last = i == len(micro) - 1
@@ -93,9 +98,9 @@ def train_manual() -> dict:
 
 def run_all(names, out_dir, tag):
     for name in names:
-        if name == "manual":
+        if name.startswith("manual"):
             torch.set_default_dtype(torch.float64)
-            state = train_manual()
+            state = train_manual(sn=name == "manual-sn")
         else:
             dtype, kwargs = CASES[name]
             torch.set_default_dtype(dtype)

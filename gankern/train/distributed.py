@@ -15,11 +15,13 @@ with the backward, when that parameter's AccumulateGrad fires; it expects that o
 - Every backward is followed by an optimizer step, so nothing accumulates and no_sync is not
   needed; a loop that accumulates micro-batches wraps all but the last backward in no_sync().
 DDP options: no buffer broadcast before each forward (forward_sync_buffers=False, in older torch
-broadcast_buffers=False), because the spectral-norm u/v buffers are updated by every
-training forward from weights that are equal on every rank, so they stay bit-equal without
-communication, and a broadcast before each of the D step's three forwards would write in place
-into buffers the previous forward may have saved. BatchNorm running statistics therefore stay
-per rank (rank 0's are checkpointed); batch statistics are per rank under DDP either way.
+broadcast_buffers=False). The spectral-norm u/v buffers are updated by every training forward
+from weights that are equal on every rank, so they stay bit-equal without communication (the
+tests check ranks bit for bit); the default would broadcast them before each of the D step's
+three forwards for nothing. It is not needed for correctness: a hand-written loop with the
+default broadcast, SN and R1 through the wrapper also equals one process (to 1e-16, float64).
+BatchNorm running statistics therefore stay per rank (rank 0's are checkpointed); batch
+statistics are per rank under DDP either way (SyncBatchNorm takes CUDA tensors only).
 find_unused_parameters=False: every parameter of D (of G) gets a gradient in every D (G) step.
 static_graph stays off: it buys nothing here. Buffers are broadcast from rank 0 once, when the
 trainer is built (wrap).
@@ -118,6 +120,32 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     values = values.detach().to(torch.float64).clone()
     dist.all_reduce(values)
     return values / size
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """y = sum over ranks of x; dL/dx = sum over ranks of dL/dy (each rank's loss reaches every
+    rank's x). Every rank runs the forward and the backward, in the same order."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def mean_over_ranks_differentiable(t: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of t, differentiable (unrolled D steps: each rank's inner gradient
+    becomes the global batch's, and G's gradient flows back through every rank's share)."""
+    size = world()[1]
+    if size == 1:
+        return t
+    return _SumOverRanks.apply(t) / size
 
 
 def any_rank(flag: bool) -> bool:

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .distributed import (RANDOM_PENALTY_KINDS, global_draw, mean_over_ranks, sharded_penalty,
-                          wrap, world)
+from .distributed import (RANDOM_PENALTY_KINDS, global_draw, mean_over_ranks,
+                          mean_over_ranks_differentiable, sharded_penalty, wrap, world)
 from .errors import TrainingDiverged
 from .fit_loop import run_fit
 from .losses import LOSSES, check_loss, d_loss, g_loss, needs_real_scores_for_g
@@ -337,6 +337,8 @@ class GANTrainer:
             lu = d_loss(self.loss, functional_call(self.D, params, (real_in,)),
                         functional_call(self.D, params, (fake_u,)), real_in, fake_u, qp_lambda=self.qp_lambda)
             grads = torch.autograd.grad(lu, list(params.values()), create_graph=True)
+            # Under torchrun the inner step uses the global batch's gradient, as one process does.
+            grads = [mean_over_ranks_differentiable(g) for g in grads]
             lr = self.d_lr * self.lr_factor(self.step_count)
             params = {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
         return lambda x: functional_call(self.D, params, (x,))
