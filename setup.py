@@ -12,7 +12,8 @@ Environment:
                             sets it, so every CI run proves the CUDA code compiles and links);
                             without it nvcc runs only when the installed torch has CUDA, because
                             nvcc is most of a build's time (~130 s of ~3 min on 2 cores)
-  TORCH_CUDA_ARCH_LIST      e.g. "8.0;9.0" (the default) or "9.0a"; "+PTX" adds PTX for the last
+  TORCH_CUDA_ARCH_LIST      e.g. "8.0;9.0" (the default) or "9.0a"; "+PTX" adds PTX for that arch
+  GANKERN_PTX=0             no PTX of the newest arch (by default it is embedded for newer GPUs)
   CUDA_HOME / CUDA_PATH     where CUDA lives (else found from nvcc on PATH)
   GANKERN_BUILD_TEMP        object directory (lets parallel builds keep out of each other's way)
   MAX_JOBS                  ninja parallelism
@@ -77,17 +78,24 @@ def _find_cuda_home():
 
 
 def _gencode_flags():
+    """nvcc -gencode flags, and what they put in the fatbin: (flags, sass archs, ptx archs).
+
+    SASS for every listed arch; PTX of the newest one too (GANKERN_PTX=0 leaves it out), so a
+    GPU newer than every SASS (sm_100, sm_120) JIT-compiles the kernels instead of having none.
+    """
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_ARCHS
-    flags = []
+    flags, sass, ptx_archs = [], [], []
     items = [a for a in archs.replace(",", ";").replace(" ", ";").split(";") if a]
     for i, arch in enumerate(items):
         ptx = arch.endswith("+PTX")
         arch = arch.replace("+PTX", "")
         num = arch.replace(".", "")
         flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
-        if ptx or i == len(items) - 1 and os.environ.get("GANKERN_PTX") == "1":
+        sass.append(num)
+        if ptx or i == len(items) - 1 and os.environ.get("GANKERN_PTX", "1") != "0":
             flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
-    return flags
+            ptx_archs.append(num)
+    return flags, sass, ptx_archs
 
 
 def _cudart_static(cuda_home):
@@ -138,9 +146,18 @@ class NinjaBuild(build_ext):
         if cu:
             nvcc = os.path.join(cuda_home, "bin", "nvcc")
             nvcc = nvcc if os.path.exists(nvcc) else shutil.which("nvcc")
-            nvflags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "-Xcompiler", "-fPIC",
-                       "-Xcompiler", "-fvisibility=hidden", "--expt-relaxed-constexpr"]
-            nvflags += _gencode_flags() + defines + [f"-I{os.path.join(ROOT, 'csrc', 'include')}"]
+            # IEEE math, as the CPU and Triton backends: no --use_fast_math (it made tanh the
+            # ~2^-11 hardware approximation, expf the fast exp, and flushed denormals to zero).
+            # The IEEE settings are nvcc's defaults, spelled out so no flag can slip them back;
+            # fmad stays on (one rounding per a*b+c, as Triton's default FP fusion). -lineinfo
+            # only adds line tables for profilers and compute-sanitizer, no code change.
+            gencode, sass, ptx = _gencode_flags()
+            nvflags = ["-O3", "-std=c++17", "-ftz=false", "-prec-div=true", "-prec-sqrt=true", "-fmad=true",
+                       "-lineinfo", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
+                       "--expt-relaxed-constexpr"]
+            nvflags += gencode + defines + [f"-I{os.path.join(ROOT, 'csrc', 'include')}",
+                                            f"-DGANKERN_CUDA_SASS=\\\"{','.join(sass)}\\\"",
+                                            f"-DGANKERN_CUDA_PTX=\\\"{','.join(ptx)}\\\""]
             lines += [
                 f"nvcc = {nvcc}",
                 f"nvflags = {' '.join(nvflags)}",

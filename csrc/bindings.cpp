@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "gankern/build_info.h"  // gpu
 #include "gankern/ema.h"
 #include "gankern/ema_multi.h"  // ema
 #include "gankern/bias_act.h"  // gp
@@ -209,6 +210,16 @@ PYBIND11_MODULE(_C, m) {
 #ifdef GANKERN_WITH_CUDA
   m.attr("cuda_compiled") = true;
   m.def("cuda_runtime_version", &gankern_cuda_runtime_version);
+  // gpu: what the fatbin holds and what it needs, for gankern/_cuda_compat.py
+  m.def("cuda_build_info", [] {
+    py::dict info;
+    info["sass"] = std::string(gankern_cuda_sass_archs());
+    info["ptx"] = std::string(gankern_cuda_ptx_archs());
+    info["runtime_version"] = gankern_cuda_built_runtime_version();
+    return info;
+  });
+  m.def("cuda_driver_version", &gankern_cuda_driver_version);
+  m.def("cuda_probe_current_device", &gankern_cuda_probe_current_device);
 #else
   m.attr("cuda_compiled") = false;
 #endif

@@ -47,7 +47,7 @@ def usable(backend: str, device: torch.device) -> bool:
             return True
         return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
     if backend == "cuda":
-        return device.type == "cuda" and _native.available("cuda")
+        return device.type == "cuda" and _native.available("cuda", device)
     if backend == "cpu":
         return device.type == "cpu" and _native.available("cpu")
     if backend == "cuda_sim":

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from . import _cuda_compat
 from ._checks import check_no_overlap, check_same_layout, check_tensor, common_device
 
 # Must match csrc/include/gankern/common.h:DType.
@@ -43,8 +44,9 @@ def load_error() -> str | None:
     return _load_error
 
 
-def available(kind: str) -> bool:
-    """Whether the native kernels of kind ("cpu" or "cuda") were built and can run here."""
+def available(kind: str, device: torch.device | None = None) -> bool:
+    """Whether the native kernels of kind ("cpu" or "cuda") were built and can run here (for
+    "cuda": on `device`, default the current one: this GPU and driver can load the kernels)."""
     global _warned
     C = _load()
     if C is None:
@@ -57,7 +59,7 @@ def available(kind: str) -> bool:
     if kind == "cpu":
         return True
     if kind == "cuda":
-        return bool(C.cuda_compiled) and torch.cuda.is_available()
+        return bool(C.cuda_compiled) and torch.cuda.is_available() and _cuda_compat.runnable(C, device)
     if kind == "cuda_sim":
         return _load_cuda_sim() is not None
     return False
