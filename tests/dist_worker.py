@@ -96,6 +96,25 @@ def train_manual(sn: bool) -> dict:
     return {"D": {k: v.detach().clone() for k, v in D.state_dict().items()}}
 
 
+def diverge_on_one_rank(out_dir):
+    """A NaN in rank 1's batch alone: every rank must stop at that step (none may go on into the
+    next collective). Writes what each rank saw to OUT/diverge.rank<r>.txt."""
+    torch.set_default_dtype(torch.float32)
+    rank = world()[0]
+    trainer = gk.train.GANTrainer(MLPGenerator(z_dim=4, hidden=8, layers=1),
+                                  MLPDiscriminator(hidden=8, layers=1), reg=gk.train.R1(1.0))
+    real = gk.data.ring().sample(4, generator=torch.Generator().manual_seed(rank))
+    if rank == 1:
+        real[0, 0] = float("nan")
+    try:
+        trainer.step(real)
+        seen = "stepped"
+    except gk.train.TrainingDiverged as e:
+        seen = f"diverged at step {trainer.step_count}: {e}"
+    with open(os.path.join(out_dir, f"diverge.rank{rank}.txt"), "w") as f:
+        f.write(seen)
+
+
 def run_all(names, out_dir, tag):
     for name in names:
         if name.startswith("manual"):
@@ -120,6 +139,7 @@ def main(out_dir: str, port2: str) -> None:
     if rank < 2:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port2}", rank=rank, world_size=2)
         run_all(ALL_CASES, out_dir, f"w2.rank{rank}")
+        diverge_on_one_rank(out_dir)
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:

@@ -101,6 +101,12 @@ def test_cases_cover_every_regularizer_and_option():
     assert any(kw.get("n_critic", 1) > 1 for _, kw in CASES.values())
 
 
+def test_a_nan_on_one_rank_stops_every_rank_at_that_step(runs):
+    for rank in (0, 1):
+        seen = (runs / f"diverge.rank{rank}.txt").read_text()
+        assert seen.startswith("diverged at step 0: the D loss is nan"), (rank, seen)
+
+
 @pytest.mark.parametrize("case", SMOKE_CASES)
 def test_four_ranks_equal_one_process(runs, case):
     check_equal_to_single(runs, case, 4, atol=1e-9, rtol=1e-9)
