@@ -159,7 +159,7 @@ extern "C" void gk_sim_switch(void** save_sp, void* next_sp);
 struct FiberContext { void* sp = nullptr; };
 inline void fiber_init(FiberContext&) {}
 // A stack that gk_sim_switch "returns" into fn, entered with the alignment of a call.
-inline void fiber_start(FiberContext& c, char* stack, size_t bytes, void (*fn)()) {
+GK_SIM_NO_TSAN inline void fiber_start(FiberContext& c, char* stack, size_t bytes, void (*fn)()) {
   uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
   uint64_t* sp = reinterpret_cast<uint64_t*>(top - 72);
   uint32_t mxcsr;
@@ -172,7 +172,7 @@ inline void fiber_start(FiberContext& c, char* stack, size_t bytes, void (*fn)()
   sp[7] = reinterpret_cast<uint64_t>(fn);  // after the six registers: the "return" address
   c.sp = sp;
 }
-inline void fiber_switch(FiberContext& save, FiberContext& next) { gk_sim_switch(&save.sp, next.sp); }
+GK_SIM_NO_TSAN inline void fiber_switch(FiberContext& save, FiberContext& next) { gk_sim_switch(&save.sp, next.sp); }
 #else
 struct FiberContext { ucontext_t uc; };
 inline void fiber_init(FiberContext& c) { getcontext(&c.uc); }
@@ -240,7 +240,7 @@ struct Worker {
     }
   }
 
-  void ensure_threads(unsigned n) {
+  GK_SIM_NO_TSAN void ensure_threads(unsigned n) {
     while (threads.size() < n) {
       auto t = std::make_unique<Thread>();
       void* base = mmap(nullptr, kStackBytes + 4096, PROT_READ | PROT_WRITE,
@@ -256,9 +256,9 @@ struct Worker {
     }
   }
 
-  static void entry();
-  void resume(Thread& t);
-  void yield(Thread& t);
+  GK_SIM_NO_TSAN static void entry();
+  GK_SIM_NO_TSAN void resume(Thread& t);
+  GK_SIM_NO_TSAN void yield(Thread& t);
   GK_SIM_NO_TSAN bool run_block(uint3 b);
   GK_SIM_NO_TSAN void fail(Thread& t, const std::string& why);
   GK_SIM_NO_TSAN bool warp_op_ready(const Thread& t);
@@ -425,7 +425,7 @@ inline int workers_wanted() {
 }
 
 // Runs the grid: block b goes to worker b % W, each worker runs its blocks in order.
-inline void run_grid(dim3 grid, dim3 block, size_t smem, size_t param_bytes,
+GK_SIM_NO_TSAN inline void run_grid(dim3 grid, dim3 block, size_t smem, size_t param_bytes,
                      void (*invoke)(const void*), const void* closure) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
