@@ -120,8 +120,10 @@ def _launch(name: str, device: torch.device, args: tuple, workspace=None, backen
     kind = _kind(device, backend)
     C = _require(kind)
     if kind == "cuda_sim":
-        extra = (workspace().data_ptr(),) if workspace is not None else ()
-        getattr(C, f"{name}_cuda")(*args, *extra, 0)
+        # Held until the launcher returns: the host has no stream-ordered allocator to keep a
+        # freed workspace out of reuse while the kernels still run.
+        ws = workspace() if workspace is not None else None
+        getattr(C, f"{name}_cuda")(*args, *(() if ws is None else (ws.data_ptr(),)), 0)
         return
     if device.type == "cpu":
         getattr(C, f"{name}_cpu")(*args)
@@ -462,7 +464,8 @@ def sn_check(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int,
 
 def _sn_workspace(weight: torch.Tensor, a: int, m: int, b: int) -> torch.Tensor:
     acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    return torch.empty(_C.sn_workspace_elems(a, m, b), dtype=acc, device=weight.device)
+    C = _C if weight.device.type == "cuda" else _load_cuda_sim()  # a CPU tensor: cuda_sim's
+    return torch.empty(C.sn_workspace_elems(a, m, b), dtype=acc, device=weight.device)
 
 
 def sn_power_iteration_(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int,
