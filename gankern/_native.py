@@ -536,17 +536,19 @@ class SnPlan:
     On the CPU the launchers are bound once too: a small layer's whole step is overhead.
     """
 
-    def __init__(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int):
-        self.dim = dim
+    def __init__(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int,
+                 backend: str = ""):
+        self.dim, self.backend = dim, backend
         self._validate(weight, u, v)
 
     def _validate(self, weight, u, v) -> None:
         self.a, self.m, self.b = sn_check(weight, u, v, self.dim)
         check_no_overlap([u, v], [weight], "u/v", "weight")
-        C = _require(_kind(weight.device))
+        kind = _kind(weight.device, self.backend)
+        C = _require(kind)
         self.code = DTYPE_CODES[weight.dtype]
         self.key = _sn_key(weight, u, v)
-        self.cpu = weight.device.type == "cpu"
+        self.cpu = kind == "cpu"
         self._pi = self._scale = cpu_backward = None
         if self.cpu:
             self._pi, self._scale = C.sn_power_iteration_cpu, C.sn_scale_cpu
