@@ -1,4 +1,5 @@
-"""gankern: fused GPU kernels for GAN training (gradient penalty, spectral norm, EMA).
+"""gankern: fused kernels (C++ on the CPU; CUDA and Triton on GPUs) for GAN training: the gradient
+penalty, spectral norm, EMA.
 
 The public API (DESIGN.md §2). Everything else is internal.
 """

@@ -1,4 +1,5 @@
-"""Modules and converters: EMA (and, as they land, spectral norm and fused bias+activation)."""
+"""The nn.Module side of gankern: EMA and PostHocEMA of a model's weights, spectral norm (a drop-in
+for torch's, plus the converter from it), and fused bias + activation (BiasAct, fuse_bias_act)."""
 
 from . import ema_schedules
 from .bias_act import BiasAct, DeferredBiasAct, FuseReport, fuse_bias_act
