@@ -3,7 +3,8 @@
 R1 (or WGAN-GP) + spectral norm + EMA through gankern's fused ops (gk.gradient_penalty,
 gk.spectral_norm, gk.EMA) and gk.train.GANTrainer. Prints modes covered and the high-quality rate
 (gankern.metrics.mode_metrics, 2,500 samples) for the raw and the EMA generator and writes a
-picture of both over the data. The recipes below are the ones measured in the README.
+picture of both over the data (default runs/demo.png). The recipes, recipe() in this file, are
+the ones measured in the README.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def configure(parser):
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: faster than more for models this small)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress (a bar on a terminal, else a line every 10 s)")
 
 
 def _error(msg) -> int:
