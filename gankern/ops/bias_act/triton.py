@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._device_guard import device_consts, on_tensor_device
 from .._triton_helpers import cast_out
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
@@ -143,6 +144,7 @@ def _bias_act_kernel(x_ptr, b_ptr, dy_ptr, v_ptr, out_ptr, consts_ptr, n, C, inn
     tl.store(out_ptr + offs, cast_out(out, OUT), mask=mask)
 
 
+@on_tensor_device
 def bias_act_triton(mode: int, act: int, x, b, dy, v, alpha: float, gain: float, clamp, inner: int,
                     channels: int):
     out = torch.empty_like(x)
@@ -153,7 +155,7 @@ def bias_act_triton(mode: int, act: int, x, b, dy, v, alpha: float, gain: float,
     has_clamp = clamp is not None
     c = float(clamp) if has_clamp else 0.0
     from_ptr = acc == torch.float64
-    consts = torch.tensor([alpha, gain, c], dtype=acc, device=x.device) if from_ptr else x
+    consts = device_consts((float(alpha), float(gain), c), acc, x.device) if from_ptr else x
     _bias_act_kernel[(triton.cdiv(n, BLOCK),)](
         x, b if b is not None else x, dy if dy is not None else x, v if v is not None else x, out,
         consts, n, channels, inner, float(alpha), float(gain), c, ACT=act, MODE=mode,

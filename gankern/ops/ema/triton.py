@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._device_guard import on_tensor_device
 from .._triton_helpers import cast_out
 
 BLOCK = 4096
@@ -85,6 +86,7 @@ def _tables(shadow, params, device):
     return entry
 
 
+@on_tensor_device
 def ema_update_triton_(shadow: list[torch.Tensor], params: list[torch.Tensor], weight) -> None:
     groups: dict = {}
     for s, p in zip(shadow, params):

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._device_guard import on_tensor_device
 from .._triton_helpers import cast_out
 from .triton import _TL_DTYPES
 
@@ -67,6 +68,7 @@ def _tables(shadows, params, device):
     return entry
 
 
+@on_tensor_device
 def ema_update_multi_triton_(shadows: list[list[torch.Tensor]], params: list[torch.Tensor], weights) -> None:
     k = len(shadows)
     groups: dict = {}

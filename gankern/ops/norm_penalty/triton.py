@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._device_guard import device_consts, on_tensor_device
 from .._triton_helpers import cast_out
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
@@ -71,10 +72,12 @@ def _backward_kernel(g_ptr, norms_ptr, gp_ptr, gn_ptr, out_ptr, consts_ptr, N, c
 
 def _consts(center, scale, acc, device):
     if acc == torch.float64:
-        return torch.tensor([center, scale], dtype=acc, device=device), True
+        # Cached per (values, device): no host-to-device copy per call (see _device_guard).
+        return device_consts((float(center), float(scale)), acc, device), True
     return None, False
 
 
+@on_tensor_device
 def norm_penalty_triton(grads: torch.Tensor, center: float, weight: float):
     b = grads.shape[0]
     n = grads.numel() // b
@@ -88,6 +91,7 @@ def norm_penalty_triton(grads: torch.Tensor, center: float, weight: float):
     return penalty, norms
 
 
+@on_tensor_device
 def norm_penalty_backward_triton(grad_penalty, grad_norms, grads, norms, center: float, weight: float):
     b = grads.shape[0]
     n = grads.numel() // b

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ... import _native
+from .._device_guard import on_tensor_device
 from .._triton_helpers import cast_out
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
@@ -149,6 +150,7 @@ def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@on_tensor_device
 def power_iteration_(weight, u, v, dim, n_iter, eps):
     a, m, b = _native.sn_check(weight, u, v, dim)
     k = a * b
@@ -167,6 +169,7 @@ def power_iteration_(weight, u, v, dim, n_iter, eps):
     return sigma, u_copy, v_copy
 
 
+@on_tensor_device
 def sigma(weight, u, v, dim):
     a, m, b = _native.sn_check(weight, u, v, dim)
     acc = _acc(weight.dtype)
@@ -178,6 +181,7 @@ def sigma(weight, u, v, dim):
     return out
 
 
+@on_tensor_device
 def scale(weight, sigma_):
     out = torch.empty_like(weight, memory_format=torch.contiguous_format)
     n = weight.numel()
@@ -186,6 +190,7 @@ def scale(weight, sigma_):
     return out
 
 
+@on_tensor_device
 def normalize_backward(grad, weight, u, v, sigma_, dim):
     a, m, b = _native.sn_check(weight, u, v, dim, grad=grad, sigma=sigma_)
     if sigma_ is None:
