@@ -1,7 +1,8 @@
 // CUDA backend of gk.ops.norm_penalty. Forward: one block per sample reduces its row (vector
 // of partial sums, warp shuffles, then shared memory), then one block reduces the B norms to the
 // penalty in a fixed order (deterministic, no atomics). Backward: a grid-stride scaled copy
-// with the per-row coefficient recomputed from the saved norm.
+// with the per-row coefficient recomputed from the saved norm. Sums of squares and coefficients
+// in double, with the CPU kernel's safe formulas for denormal and huge rows (issue 13).
 #include <cuda_runtime.h>
 
 #include "gankern/common.h"
@@ -13,16 +14,52 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename A>
-__device__ A block_sum(A v) {
-  __shared__ A partial[kThreads / 32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+// A float64 row whose sum of squares leaves double's range is summed again scaled by 2^-600
+// (huge) or 2^600 (tiny), as on the CPU: exact, a power of two only moves exponents. Narrower
+// types never need it: their squares (2^-298 .. 2^256) are normal doubles.
+constexpr double kScaleUp = 0x1p600, kScaleDown = 0x1p-600, kTinySumsq = 0x1p-900;
+constexpr double kDoubleMax = 1.7976931348623157e308;
+
+// The normal range of the accumulator type A (the saved norms' dtype).
+template <typename A> struct Range;
+template <> struct Range<float> {
+  static constexpr double lo = 1.17549435082228750797e-38, hi = 3.40282346638528859812e38;
+};
+template <> struct Range<double> {
+  static constexpr double lo = 2.2250738585072013831e-308, hi = kDoubleMax;
+};
+
+// The block's total (or max), returned to every thread. The trailing barrier lets the block call
+// it again at once: no thread rewrites `partial` before every thread has read `total`.
+struct Sum { __device__ static double apply(double a, double b) { return a + b; } };
+struct Max { __device__ static double apply(double a, double b) { return a > b ? a : b; } };
+
+template <typename Op>
+__device__ double block_reduce_all(double v) {
+  __shared__ double partial[kThreads / 32];
+  __shared__ double total;
+  for (int o = 16; o > 0; o >>= 1) v = Op::apply(v, __shfl_down_sync(0xffffffffu, v, o));
   if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
   __syncthreads();
-  v = threadIdx.x < kThreads / 32 ? partial[threadIdx.x] : A(0);
-  if (threadIdx.x < 32)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
+  if (threadIdx.x < 32) {
+    double w = threadIdx.x < kThreads / 32 ? partial[threadIdx.x] : 0.0;  // 0 is neutral for both
+    for (int o = 16; o > 0; o >>= 1) w = Op::apply(w, __shfl_down_sync(0xffffffffu, w, o));
+    if (threadIdx.x == 0) total = w;
+  }
+  __syncthreads();
+  const double t = total;
+  __syncthreads();
+  return t;
+}
+
+template <typename T>
+__device__ double row_sumsq(const T* row, int64_t N, double scale) {
+  double acc = 0.0;
+  for (int64_t j = threadIdx.x; j < N; j += kThreads) {
+    const double v = double(Convert<T>::load(row[j])) * scale;
+    acc += v * v;
+  }
+  return block_reduce_all<Sum>(acc);
 }
 
 template <typename T>
@@ -31,27 +68,47 @@ __global__ void __launch_bounds__(kThreads) row_norm_kernel(const T* __restrict_
                                                             int64_t N) {
   using A = typename Acc<T>::type;
   const T* row = g + int64_t(blockIdx.x) * N;
-  A acc = A(0);
-  for (int64_t j = threadIdx.x; j < N; j += kThreads) {
-    const A v = A(Convert<T>::load(row[j]));
-    acc += v * v;
+  // Squares summed in double whatever T is (float32 squares under/overflow from ~1e-19/1e19).
+  const double total = row_sumsq(row, N, 1.0);
+  double n = sqrt(total);
+  if (sizeof(T) == sizeof(double)) {  // the same total in every thread: the branch is uniform
+    if (total > kDoubleMax) n = sqrt(row_sumsq(row, N, kScaleDown)) * kScaleUp;
+    else if (total < kTinySumsq) n = sqrt(row_sumsq(row, N, kScaleUp)) * kScaleDown;
   }
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) norms[blockIdx.x] = sqrt(acc);
+  if (threadIdx.x == 0) norms[blockIdx.x] = A(n);
 }
 
+// weight * mean((n - c)^2) in double from the saved norms (a float32 norm beyond float32's range
+// is already inf here: unlike the CPU and Triton kernels, which keep double norms for this, a
+// penalty brought back into range by a tiny weight then stays inf). When the squares overflow
+// although the weighted mean would not, the weight goes inside them, as in the reference.
 template <typename A>
 __global__ void __launch_bounds__(kThreads) penalty_kernel(const A* __restrict__ norms, A* penalty,
                                                            int64_t B, double center, double weight) {
-  A acc = A(0);
+  const double q = weight / double(B);
+  double acc = 0.0;
   for (int64_t i = threadIdx.x; i < B; i += kThreads) {
-    const A d = norms[i] - A(center);
+    const double d = double(norms[i]) - center;
     acc += d * d;
   }
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) *penalty = A(double(acc) * weight / double(B));
+  double p = block_reduce_all<Sum>(acc) * q;
+  if (isinf(p)) {
+    const double root_q = sqrt(q);
+    double inside = 0.0;
+    for (int64_t i = threadIdx.x; i < B; i += kThreads) {
+      const double d = (double(norms[i]) - center) * root_q;
+      inside += d * d;
+    }
+    inside = block_reduce_all<Sum>(inside);
+    if (!isinf(inside)) p = inside;
+  }
+  if (threadIdx.x == 0) *penalty = A(p);
 }
 
+// out = s*g + (gn - s*c) * g/n per row. A row whose saved norm is ordinary (normal and finite in
+// A, coefficient finite in A) is one scaled copy; the others (denormal: 1/n overflows and the norm
+// lost bits; inf; 0) form g/n as (g/m) / ||g/m||, m = max |g| of the row, never through 1/n.
+// Every thread of a block works on the same row, so both branches are uniform per block.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) backward_kernel(const typename Acc<T>::type* gp,
                                                             const typename Acc<T>::type* gn,
@@ -61,14 +118,38 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const typename Acc<T
                                                             double center, double weight) {
   using A = typename Acc<T>::type;
   const int64_t row = blockIdx.y;
-  const A n = norms[row];
-  const A inv = n > A(0) ? A(1) / n : A(0);  // zero row: gradient 0, never NaN
-  const A s = A(double(*gp) * 2.0 * weight / double(B));
-  const A coef = s + inv * (gn[row] - s * A(center));
+  const double n = double(norms[row]);
+  const double s = double(*gp) * 2.0 * weight / double(B);
+  const double rest = double(gn[row]) - s * center;
+  const double coef = s + rest / (n > 0.0 ? n : 1.0);
   const T* in = g + row * N;
   T* o = out + row * N;
-  for (int64_t j = int64_t(blockIdx.x) * kThreads + threadIdx.x; j < N; j += int64_t(gridDim.x) * kThreads)
-    o[j] = Convert<T>::store(A(Convert<T>::load(in[j])) * coef);
+  const int64_t first = int64_t(blockIdx.x) * kThreads + threadIdx.x, stride = int64_t(gridDim.x) * kThreads;
+  if (n >= Range<A>::lo && n <= Range<A>::hi && fabs(coef) <= Range<A>::hi) {
+    const A c = A(coef);
+    for (int64_t j = first; j < N; j += stride) o[j] = Convert<T>::store(A(Convert<T>::load(in[j])) * c);
+    return;
+  }
+  double m = 0.0, nans = 0.0;
+  for (int64_t j = threadIdx.x; j < N; j += kThreads) {
+    const double a = fabs(double(Convert<T>::load(in[j])));
+    nans += a != a ? 1.0 : 0.0;
+    m = a > m ? a : m;
+  }
+  m = block_reduce_all<Max>(m);
+  nans = block_reduce_all<Sum>(nans);
+  if (nans > 0.0 || !(m > 0.0) || m > kDoubleMax) m = 1.0;  // zero, inf or NaN rows: as the reference
+  double r2 = 0.0;
+  for (int64_t j = threadIdx.x; j < N; j += kThreads) {
+    const double u = double(Convert<T>::load(in[j])) / m;  // 1/m may overflow, the quotient cannot
+    r2 += u * u;
+  }
+  double r = sqrt(block_reduce_all<Sum>(r2));
+  if (!(r > 0.0)) r = 1.0;
+  for (int64_t j = first; j < N; j += stride) {
+    const double v = double(Convert<T>::load(in[j]));
+    o[j] = Convert<T>::store(A(s * v + rest * ((v / m) / r)));
+  }
 }
 
 template <typename T>

@@ -5,7 +5,7 @@ that graph. This file owns the parts every trainer gets subtly wrong: the exact 
 each kind (DESIGN.md §2), the AMP recipe of PyTorch's AMP notes (scale D's output before
 autograd.grad, unscale the gradient before the norm), and validation of D's output shape.
 The norm and the penalty itself run in gk.ops.norm_penalty (fused kernels with an analytic
-backward) unless impl="reference", which is the plain-PyTorch definition.
+backward) on every backend; impl="reference" is the one written in plain PyTorch.
 """
 
 from __future__ import annotations
@@ -99,12 +99,6 @@ def input_gradient(D: Callable, x_hat: torch.Tensor, scaler=None) -> torch.Tenso
     return g
 
 
-def norm_penalty_reference(g: torch.Tensor, center: float, weight: float):
-    """Plain PyTorch: per-sample L2 norm over all non-batch dims, weight * mean((n - c)^2)."""
-    n = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), ord=2, dim=1)
-    return weight * (n - center).pow(2).mean(), n
-
-
 def gradient_penalty(D: Callable, real: torch.Tensor, fake: Optional[torch.Tensor] = None, *,
                      kind: str = "r1", weight: Optional[float] = None, center: Optional[float] = None,
                      alpha: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
@@ -124,16 +118,10 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: Optional[torch.Tenso
     c = float(c_default if center is None else center)
     w = float(w_default if weight is None else weight)
     factor = w / 2 if kind in ("r1", "r2") else w
-    if impl != "reference":
-        from ..ops.norm_penalty import resolve_backend
+    from ..ops.norm_penalty import norm_penalty, resolve_backend
 
-        backend = resolve_backend(impl, real.device)  # raises before D runs if impl is unusable
+    backend = resolve_backend(impl, real.device)  # raises before D runs if impl is unusable
     x_hat = penalty_point(real, fake, kind, alpha, generator)
     g = input_gradient(D, x_hat, scaler)
-    if impl == "reference":
-        penalty, n = norm_penalty_reference(g, c, factor)
-    else:
-        from ..ops.norm_penalty import norm_penalty
-
-        penalty, n = norm_penalty(g, c, factor, impl=backend)
+    penalty, n = norm_penalty(g, c, factor, impl=backend)
     return (penalty, n.detach()) if return_norms else penalty

@@ -15,7 +15,7 @@ import torch
 from ... import _backend, _native
 from ..._checks import FLOAT_DTYPES, check_tensor, is_dense
 from .reference import (acc_dtype, norm_penalty_backward_reference, norm_penalty_reference,
-                        safe_inverse)
+                        safe_inverse, unit_rows)
 
 IMPLEMENTED = ("reference", "triton", "cuda", "cpu")
 
@@ -102,22 +102,25 @@ def _setup_bw(ctx, inputs, output):
 def _backward_bw(ctx, v):
     """Third-order path (only for differentiating the penalty's gradient): plain torch is fine.
 
-    out = grads * coef[row], coef = s + inv*(gn - s*c), s = gp*2w/B, inv = 1/n (0 at n = 0).
+    out = s*g + (gn - s*c) * g/n, s = gp*2w/B, computed in float64 with g/n formed as in the
+    reference backward (no 1/n overflow for denormal norms; 1/n is taken as 0 at n = 0).
     """
     gp, gn, grads, norms = ctx.saved_tensors
-    b = grads.shape[0]
-    inv = safe_inverse(norms)
+    b, c = grads.shape[0], ctx.center
+    g, n, unit = unit_rows(grads, norms)
     k = 2.0 * ctx.weight / b
-    s = gp * k
-    coef = s + inv * (gn - s * ctx.center)
+    s = gp.to(torch.float64) * k
+    rest = gn.to(torch.float64) - s * c
+    inv = safe_inverse(n)
+    v64 = v.to(torch.float64)
     shape = (b,) + (1,) * (grads.dim() - 1)
-    v_acc = v.to(norms.dtype)
-    d_grads = (v_acc * coef.reshape(shape)).to(grads.dtype)
-    per_row = (v_acc * grads.to(norms.dtype)).reshape(b, -1).sum(1)  # d out / d coef[row]
-    d_gp = (per_row * (1.0 - ctx.center * inv)).sum() * k
-    d_gn = per_row * inv
-    d_norms = -per_row * inv * inv * (gn - s * ctx.center)
-    return d_gp, d_gn, d_grads, d_norms, None, None, None
+    d_grads = (v64 * (s + inv * rest).reshape(shape)).to(grads.dtype)
+    per_row = (v64 * g).reshape(b, -1).sum(1)  # d out / d s-part of row i
+    per_row_unit = (v64 * unit).reshape(b, -1).sum(1)  # d out / d gn[i]
+    d_gp = (per_row.sum() - c * per_row_unit.sum()) * k
+    d_norms = -per_row_unit * inv * rest
+    return (d_gp.to(gp.dtype), per_row_unit.to(gn.dtype), d_grads, d_norms.to(norms.dtype),
+            None, None, None)
 
 
 _norm_penalty_backward_op.register_autograd(_backward_bw, setup_context=_setup_bw)

@@ -3,11 +3,15 @@
 Forward: one program per sample streams its row once (grads are read exactly once) and stores
 its norm; one more program reduces the B norms to the penalty (deterministic, no atomics).
 Backward: grads * coef[row], one read and one write per element, coef computed per program from
-the saved norm. A float64 call reads center/weight from memory since Triton passes Python
-floats as float32.
+the saved norm. Center and weight are read from a float64 tensor since Triton passes Python
+floats as float32. Every finite input whose exact result is representable gives it (issue 13):
+denormal and huge rows take a rescaled pass instead of overflowing (see _row_norm_kernel and
+_backward_kernel); that branch is per row, so ordinary rows pay nothing for it.
 """
 
 from __future__ import annotations
+
+import struct
 
 import torch
 import triton
@@ -22,59 +26,134 @@ ROW_BLOCK = 2048
 ELEM_BLOCK = 2048
 
 
+def _f64_bits(x: float) -> int:
+    """A float64 constant as int64 bits: Triton passes and folds Python floats as float32, in
+    which 2^600 or float64's smallest normal do not exist."""
+    return struct.unpack("<q", struct.pack("<d", x))[0]
+
+
+# Power-of-two rescaling of a float64 row whose squares leave double's range (exact: it only
+# moves exponents; |x| <= 2^1024 -> 2^424, 2^-1074 -> 2^-474 whose square is still normal).
+_UP, _DOWN, _TINY_SUMSQ = _f64_bits(2.0 ** 600), _f64_bits(2.0 ** -600), _f64_bits(2.0 ** -900)
+
+
 @triton.jit
-def _row_norm_kernel(g_ptr, norms_ptr, N, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    base = g_ptr + row * N
-    # Squares summed in float64 whatever ACC is: in float32 they under- and overflow for
+def _f64(bits: tl.constexpr):
+    return tl.full([], bits, tl.int64).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _wide(v):
+    """v as float64; bfloat16 through its bits, exact for denormals too (Triton's interpreter
+    flushes bfloat16 denormals in its own cast; on GPUs the two agree)."""
+    if v.dtype == tl.bfloat16:
+        bits = v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16
+        return bits.to(tl.float32, bitcast=True).to(tl.float64)
+    else:
+        return v.to(tl.float64)
+
+
+@triton.jit
+def _row_sumsq(base, N, scale, BLOCK: tl.constexpr):
+    # Squares summed in float64 whatever the dtype: in float32 they under- and overflow for
     # gradients below ~1e-19 or above ~1e19 (a norm of 1e-30 came out 0), where the CPU kernel
-    # and torch stay exact. The kernel is memory-bound, so the wider adds cost no time.
+    # stays exact. The kernel is memory-bound, so the wider adds cost no time.
     acc = tl.zeros([BLOCK], dtype=tl.float64)
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        v = tl.load(base + offs, mask=offs < N, other=0.0).to(tl.float64)
+        v = _wide(tl.load(base + offs, mask=offs < N, other=0.0)) * scale
         acc += v * v
-    tl.store(norms_ptr + row, tl.sqrt(tl.sum(acc, axis=0)).to(ACC))
+    return tl.sum(acc, axis=0)
 
 
 @triton.jit
-def _penalty_kernel(norms_ptr, out_ptr, consts_ptr, B, center, scale, ACC: tl.constexpr,
-                    FROM_PTR: tl.constexpr, BLOCK: tl.constexpr):
-    if FROM_PTR:
-        center = tl.load(consts_ptr)
-        scale = tl.load(consts_ptr + 1)
-    acc = tl.zeros([BLOCK], dtype=ACC)
+def _row_norm_kernel(g_ptr, norms_ptr, n64_ptr, N, ACC: tl.constexpr, RESCALE: tl.constexpr,
+                     UP: tl.constexpr, DOWN: tl.constexpr, TINY_SUMSQ: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = g_ptr + row * N
+    total = _row_sumsq(base, N, 1.0, BLOCK)
+    n = tl.sqrt(total)
+    if RESCALE:  # float64 rows only: narrower types square into double's normal range
+        if total * 0.0 != 0.0:  # inf (or NaN, which stays NaN)
+            n = tl.sqrt(_row_sumsq(base, N, _f64(DOWN), BLOCK)) * _f64(UP)
+        elif total < _f64(TINY_SUMSQ):
+            n = tl.sqrt(_row_sumsq(base, N, _f64(UP), BLOCK)) * _f64(DOWN)
+    tl.store(n64_ptr + row, n)
+    tl.store(norms_ptr + row, n.to(ACC))
+
+
+@triton.jit
+def _penalty_kernel(n64_ptr, out_ptr, consts_ptr, B, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # From the float64 norms, in float64: a float32 norm of 1e39 is inf, its weighted square
+    # need not be. consts = (center, weight / B, sqrt(weight / B)).
+    center = tl.load(consts_ptr)
+    q = tl.load(consts_ptr + 1)
+    root_q = tl.load(consts_ptr + 2)
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
+    inside = tl.zeros([BLOCK], dtype=tl.float64)
     for start in range(0, B, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < B
-        d = tl.load(norms_ptr + offs, mask=mask, other=0.0) - center
+        d = tl.load(n64_ptr + offs, mask=mask, other=0.0) - center
         acc += tl.where(mask, d * d, 0.0)
-    tl.store(out_ptr, tl.sum(acc, axis=0) * scale)
+        e = d * root_q
+        inside += tl.where(mask, e * e, 0.0)
+    p = tl.sum(acc, axis=0) * q
+    p_inside = tl.sum(inside, axis=0)
+    # Squares that overflowed although the weighted mean does not: the weight inside them.
+    p = tl.where((p * 0.0 != 0.0) & (p == p) & (p_inside * 0.0 == 0.0), p_inside, p)
+    tl.store(out_ptr, p.to(ACC))
 
 
 @triton.jit
-def _backward_kernel(g_ptr, norms_ptr, gp_ptr, gn_ptr, out_ptr, consts_ptr, N, center, scale,
-                     ACC: tl.constexpr, OUT: tl.constexpr, FROM_PTR: tl.constexpr, BLOCK: tl.constexpr):
+def _backward_kernel(g_ptr, norms_ptr, gp_ptr, gn_ptr, out_ptr, consts_ptr, N,
+                     OUT: tl.constexpr, A_MIN: tl.constexpr, A_MAX: tl.constexpr, BLOCK: tl.constexpr):
+    """out = s*g + (gn - s*c) * g/n per row, s = gp * 2w/B, in float64. consts = (c, 2w/B).
+
+    A row whose saved norm is ordinary (normal and finite in its dtype) uses one coefficient
+    s + (gn - s*c)/n; the others (denormal: 1/n overflows and the norm has lost bits; inf; 0)
+    form g/n as (g/m) / ||g/m||, m = max |g| of the row, as the reference does."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    if FROM_PTR:
-        center = tl.load(consts_ptr)
-        scale = tl.load(consts_ptr + 1)
-    n = tl.load(norms_ptr + row)
-    # 1/n is taken as 0 at n == 0: the row is all zeros there, so its gradient is 0, not NaN.
-    inv = tl.where(n > 0, 1.0 / tl.where(n > 0, n, 1.0), 0.0)
-    s = tl.load(gp_ptr).to(ACC) * scale
-    coef = s + inv * (tl.load(gn_ptr + row).to(ACC) - s * center)
+    base = g_ptr + row * N
+    center = tl.load(consts_ptr)
+    s = tl.load(gp_ptr).to(tl.float64) * tl.load(consts_ptr + 1)
+    rest = tl.load(gn_ptr + row).to(tl.float64) - s * center
+    n = tl.load(norms_ptr + row).to(tl.float64)
+    a_max = _f64(A_MAX)
+    coef = s + rest / tl.where(n > 0.0, n, 1.0)
+    ordinary = (n >= _f64(A_MIN)) & (n <= a_max) & (tl.abs(coef) <= a_max)
     mask = offs < N
-    g = tl.load(g_ptr + row * N + offs, mask=mask, other=0.0).to(ACC)
-    tl.store(out_ptr + row * N + offs, cast_out(g * coef, OUT), mask=mask)
+    g = _wide(tl.load(base + offs, mask=mask, other=0.0))
+    if ordinary:
+        out = g * coef
+    else:
+        m = tl.zeros([BLOCK], dtype=tl.float64)
+        nans = tl.zeros([BLOCK], dtype=tl.int32)
+        for start in range(0, N, BLOCK):
+            o = start + tl.arange(0, BLOCK)
+            v = tl.abs(_wide(tl.load(base + o, mask=o < N, other=0.0)))
+            nans += tl.where(v != v, 1, 0)
+            m = tl.where(v > m, v, m)
+        m_row = tl.max(m, axis=0)
+        # zero, infinite or NaN rows divide by 1, as the reference does
+        bad = (tl.sum(nans, axis=0) > 0) | (m_row <= 0.0) | (m_row * 0.0 != 0.0)
+        m_row = tl.where(bad, 1.0, m_row)
+        r2 = tl.zeros([BLOCK], dtype=tl.float64)
+        for start in range(0, N, BLOCK):
+            o = start + tl.arange(0, BLOCK)
+            u = _wide(tl.load(base + o, mask=o < N, other=0.0)) / m_row  # 1/m may overflow
+            r2 += u * u
+        r = tl.sqrt(tl.sum(r2, axis=0))
+        r = tl.where(r > 0.0, r, 1.0)
+        out = s * g + rest * ((g / m_row) / r)
+    tl.store(out_ptr + row * N + offs, cast_out(out, OUT), mask=mask)
 
 
-def _consts(center, scale, acc, device):
-    if acc == torch.float64:
-        # Cached per (values, device): no host-to-device copy per call (see _device_guard).
-        return device_consts((float(center), float(scale)), acc, device), True
-    return None, False
+def _consts(values, device):
+    # Cached per (values, device): no host-to-device copy per call (see _device_guard).
+    return device_consts(tuple(float(v) for v in values), torch.float64, device)
 
 
 @on_tensor_device
@@ -83,11 +162,13 @@ def norm_penalty_triton(grads: torch.Tensor, center: float, weight: float):
     n = grads.numel() // b
     acc = torch.float64 if grads.dtype == torch.float64 else torch.float32
     norms = torch.empty(b, dtype=acc, device=grads.device)
+    n64 = torch.empty(b, dtype=torch.float64, device=grads.device)
     penalty = torch.empty((), dtype=acc, device=grads.device)
-    _row_norm_kernel[(b,)](grads, norms, n, ACC=_TL[acc], BLOCK=ROW_BLOCK, num_warps=8)
-    consts, from_ptr = _consts(center, weight / b, acc, grads.device)
-    _penalty_kernel[(1,)](norms, penalty, consts if from_ptr else norms, b, float(center), weight / b,
-                          ACC=_TL[acc], FROM_PTR=from_ptr, BLOCK=1024)
+    _row_norm_kernel[(b,)](grads, norms, n64, n, ACC=_TL[acc], RESCALE=grads.dtype == torch.float64,
+                           UP=_UP, DOWN=_DOWN, TINY_SUMSQ=_TINY_SUMSQ, BLOCK=ROW_BLOCK, num_warps=8)
+    q = weight / b
+    _penalty_kernel[(1,)](n64, penalty, _consts([center, q, q ** 0.5], grads.device), b, ACC=_TL[acc],
+                          BLOCK=1024)
     return penalty, norms
 
 
@@ -95,11 +176,11 @@ def norm_penalty_triton(grads: torch.Tensor, center: float, weight: float):
 def norm_penalty_backward_triton(grad_penalty, grad_norms, grads, norms, center: float, weight: float):
     b = grads.shape[0]
     n = grads.numel() // b
-    acc = norms.dtype
+    info = torch.finfo(norms.dtype)
     out = torch.empty_like(grads)
-    consts, from_ptr = _consts(center, 2.0 * weight / b, acc, grads.device)
     grid = (b, triton.cdiv(n, ELEM_BLOCK))
-    _backward_kernel[grid](grads, norms, grad_penalty, grad_norms, out, consts if from_ptr else norms,
-                           n, float(center), 2.0 * weight / b, ACC=_TL[acc], OUT=_TL[grads.dtype],
-                           FROM_PTR=from_ptr, BLOCK=ELEM_BLOCK, num_warps=4)
+    _backward_kernel[grid](grads, norms, grad_penalty, grad_norms, out,
+                           _consts([center, 2.0 * weight / b], grads.device), n, OUT=_TL[grads.dtype],
+                           A_MIN=_f64_bits(info.tiny), A_MAX=_f64_bits(info.max), BLOCK=ELEM_BLOCK,
+                           num_warps=4)
     return out
