@@ -86,7 +86,7 @@ def test_unreadable_and_foreign_checkpoints(tmp_path):
         GANTrainer.load(tmp_path / "missing.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a gankern checkpoint \\(not a torch.save file"):
         GANTrainer.load(garbage)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
