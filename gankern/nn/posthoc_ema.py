@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from ..ops.ema.multi import PlannedEmaMultiUpdate
-from ..ops.ema.reference import ema_update_reference_
 from .ema import HALF, unwrap
 from .power_ema import check_sigma_rel, power_beta, sigma_rel_to_gamma, solve_coefficients
 
@@ -109,27 +108,29 @@ class PostHocEMA(nn.Module):
         if hit is not None and hit[0]() is model:
             return hit[1]
         src = dict(model.named_parameters())
-        names = [n for n, _ in self.profiles[0].named_parameters()]
-        if set(names) != set(src):
+        mine = [dict(prof.named_parameters()) for prof in self.profiles]
+        if mine[0].keys() != src.keys():
             raise ValueError(f"model's parameters do not match the PostHocEMA's (differ in "
-                             f"{sorted(set(names) ^ set(src))[:5]})")
-        avg = [n for n in names if src[n].is_floating_point()]
-        for n in names:
-            if src[n].shape != dict(self.profiles[0].named_parameters())[n].shape:
-                raise ValueError(f"parameter {n}: model has shape {tuple(src[n].shape)}, PostHocEMA "
-                                 f"{tuple(dict(self.profiles[0].named_parameters())[n].shape)}")
-        shadows = [[dict(prof.named_parameters())[n] for n in avg] for prof in self.profiles]
+                             f"{sorted(set(mine[0]) ^ set(src))[:5]})")
+        for n, p in src.items():
+            if p.shape != mine[0][n].shape:
+                raise ValueError(f"parameter {n}: model has shape {tuple(p.shape)}, PostHocEMA "
+                                 f"{tuple(mine[0][n].shape)}")
+        avg = [n for n in mine[0] if src[n].is_floating_point()]
+        shadows = [[prof[n] for n in avg] for prof in mine]
         params = [src[n] for n in avg]
-        copy_dst, copy_src = [], []
+        # Copied every step: integer parameters and every buffer (BN statistics, SN u/v).
         src_bufs = dict(model.named_buffers())
-        for prof in self.profiles:
-            for n in [n for n in names if not src[n].is_floating_point()]:
-                copy_dst.append(dict(prof.named_parameters())[n])
-                copy_src.append(src[n])
+        copy_dst, copy_src = [], []
+        for prof, prof_params in zip(self.profiles, mine):
             bufs = dict(prof.named_buffers())
             if bufs.keys() != src_bufs.keys():
                 raise ValueError(f"model's buffers do not match the PostHocEMA's (differ in "
                                  f"{sorted(set(bufs) ^ set(src_bufs))[:5]})")
+            for n in prof_params:
+                if not src[n].is_floating_point():
+                    copy_dst.append(prof_params[n])
+                    copy_src.append(src[n])
             for n, b in bufs.items():
                 copy_dst.append(b)
                 copy_src.append(src_bufs[n])
