@@ -65,8 +65,10 @@ def test_demo_bad_flags(capsys):
     assert main(["demo", "--steps", "0"]) == 2
     assert main(["demo", "--reg", "r9"]) == 2
     assert main(["demo", "--data", "moons"]) == 2
+    assert main(["demo", "--device", "foo"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 3 and all(e.startswith("gankern demo: error: ") for e in err)
+    assert len(err) == 4 and all(e.startswith("gankern demo: error: ") for e in err)
+    assert [e.split()[3] for e in err] == ["--steps", "--reg", "--data", "--device"]
 
 
 def _table(text):

@@ -100,8 +100,10 @@ def main(args) -> int:
         return _error("--threads must be >= 1")
     try:
         device = torch.device(args.device)
-    except RuntimeError as e:
-        return _error(f"--device: {e}")
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        return _error(f"--device must be cpu or cuda (or cuda:N), got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         return _error("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
