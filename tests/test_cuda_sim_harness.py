@@ -39,8 +39,9 @@ def _build(tmp_path_factory, name, flags):
 
 
 def _run(exe, mode, **env):
-    return subprocess.run([exe, mode], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    # Never inherit a preloaded sanitizer runtime (the suite may itself run under one).
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "TSAN_OPTIONS")}
+    return subprocess.run([exe, mode], capture_output=True, text=True, timeout=120, env={**base, **env})
 
 
 @pytest.fixture(scope="module")

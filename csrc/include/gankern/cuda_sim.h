@@ -664,6 +664,20 @@ inline cudaError_t cudaRuntimeGetVersion(int* v) {
   *v = 0;  // no CUDA runtime: the host harness
   return cudaSuccess;
 }
+inline cudaError_t cudaDriverGetVersion(int* v) {
+  *v = 0;  // no driver either
+  return cudaSuccess;
+}
+// Every kernel "loads" here: the host has no fatbin to lack an image for.
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes = 0, constSizeBytes = 0, localSizeBytes = 0;
+  int maxThreadsPerBlock = int(gankern_sim::kMaxThreads), numRegs = 0, ptxVersion = 0, binaryVersion = 0;
+};
+template <typename F>
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, F*) {
+  *attr = cudaFuncAttributes();
+  return cudaSuccess;
+}
 
 namespace gankern {
 
