@@ -8,9 +8,10 @@ its final state and per-step logs to OUT/<case>.w<N>.rank<r>.pt (4 ranks for the
 differently on purpose: what makes them equal must be the trainer (DDP's broadcast), not luck.
 
 Cases: GANTrainer with each regularizer kind (WGAN-GP, R1, R2, DRAGAN, lazy every=k), SN on D,
-EMA, instance noise, d_l2, n_critic, unrolled D steps, in float64; bf16 autocast in float32; and a
-hand-written DistributedDataParallel loop with default options (conv D, R1 through the wrapper,
-SGD): with micro-batches accumulated under no_sync, and with gk.spectral_norm.
+EMA, instance noise, d_l2, n_critic, unrolled D steps, in float64; bf16 autocast and fp16
+autocast with GradScaler in float32; a hand-written DistributedDataParallel loop with default
+options (conv D, R1 through the wrapper, SGD), with micro-batches accumulated under no_sync and
+with gk.spectral_norm; a NaN in one rank's batch.
 """
 
 import contextlib
@@ -39,6 +40,7 @@ CASES = {
                                         ema=None)),
     "hinge-unrolled": (torch.float64, dict(loss="hinge", reg=gk.train.R1(1.0), unrolled=2, ema=None)),
     "r1-bf16": (torch.float32, dict(loss="hinge", reg=gk.train.R1(1.0), amp="bf16", ema=0.9)),
+    "r1-fp16": (torch.float32, dict(loss="hinge", reg=gk.train.R1(1.0), amp="fp16", ema=0.9)),
 }
 ALL_CASES = list(CASES) + ["manual-no-sync", "manual-sn"]
 SMOKE_CASES = ("r1-sn",)
