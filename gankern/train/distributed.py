@@ -171,8 +171,8 @@ def sharded_penalty(reg, D, real, fake, generator=None, scaler=None) -> torch.Te
         raise ValueError(f"sharded_penalty is for {RANDOM_PENALTY_KINDS}, got {reg.kind!r}")
     real = real.detach()
     per_sample = (real.shape[0],) + (1,) * (real.dim() - 1)
-    # The order of draws is gradient_penalty's (alpha, then DRAGAN's noise): one process gets
-    # the numbers it always got.
+    # gradient_penalty's order of draws (alpha, then DRAGAN's noise): N ranks together draw the
+    # numbers one process draws.
     alpha = global_draw(torch.rand, per_sample, generator, real.dtype, real.device)
     towards = fake
     if reg.kind == "dragan":
