@@ -38,7 +38,12 @@ def launch(world_size: int, out_dir) -> None:
                    OMP_NUM_THREADS="1")
         procs.append(subprocess.Popen([sys.executable, WORKER, str(out_dir), str(port2)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:  # a rank stuck in a collective must not outlive the test
+            if p.poll() is None:
+                p.kill()
     for rank, (p, out) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"rank {rank} failed:\n{out}"
 
