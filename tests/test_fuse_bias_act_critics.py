@@ -76,7 +76,8 @@ class DBlock(nn.Module):
                                       nn.AvgPool2d(2) if down else nn.Identity())
         self.learnable_sc = down or cin != cout
         if self.learnable_sc:
-            self.shortcut = nn.Sequential(spectral_norm(nn.Conv2d(cin, cout, 1)), nn.AvgPool2d(2) if down else nn.Identity())
+            self.shortcut = nn.Sequential(spectral_norm(nn.Conv2d(cin, cout, 1)),
+                                          nn.AvgPool2d(2) if down else nn.Identity())
 
     def forward(self, x):
         return self.residual(x) + (self.shortcut(x) if self.learnable_sc else x)
