@@ -10,6 +10,7 @@ backward) on every backend; impl="reference" is the one written in plain PyTorch
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -21,9 +22,19 @@ KINDS = ("wgan-gp", "r1", "r2", "dragan")
 _DEFAULTS = {"wgan-gp": (1.0, 10.0), "dragan": (1.0, 10.0), "r1": (0.0, 10.0), "r2": (0.0, 10.0)}
 
 
-def _check_inputs(real, fake, kind, alpha, generator, scaler):
+def _check_inputs(real, fake, kind, alpha, generator, scaler, weight, center):
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if weight is not None:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise TypeError(f"weight must be a float, got {type(weight).__name__}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight must be a finite number >= 0, got {weight}")
+    if center is not None:
+        if isinstance(center, bool) or not isinstance(center, (int, float)):
+            raise TypeError(f"center must be a float, got {type(center).__name__}")
+        if not math.isfinite(center):
+            raise ValueError(f"center must be finite, got {center}")
     check_tensor(real, "real", dtypes=FLOAT_DTYPES, allow_empty=False, min_ndim=2)
     if kind in ("wgan-gp", "r2"):
         if fake is None:
@@ -41,6 +52,12 @@ def _check_inputs(real, fake, kind, alpha, generator, scaler):
         if tuple(alpha.shape) not in (ok, (real.shape[0],)):
             raise ValueError(f"alpha must have shape {ok} or {(real.shape[0],)} (one value per sample), "
                              f"got {tuple(alpha.shape)}")
+        # One host sync, only when alpha is passed: outside [0, 1] x_hat leaves the segment
+        # between real and fake, which is not the penalty of any of these kinds.
+        lo, hi = (float(v) for v in torch.aminmax(alpha.detach().float()))
+        if not (0.0 <= lo and hi <= 1.0):
+            raise ValueError(f"alpha must lie in [0, 1] (x_hat = real + alpha * (other - real)), "
+                             f"got values in [{lo}, {hi}]")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if scaler is not None and not (hasattr(scaler, "scale") and hasattr(scaler, "get_scale")):
@@ -74,9 +91,11 @@ def _check_output(out, x_hat, name="D"):
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name} must return a tensor, got {type(out).__name__}")
     b = x_hat.shape[0]
+    # (B,), (B, 1) and (B, 1, ..., 1) are one score per sample: the last is what a DCGAN-style
+    # conv D returns (the PyTorch DCGAN tutorial's D gives (B, 1, 1, 1) and calls .view(-1)).
     if out.dim() == 0 or out.shape[0] != b or out.numel() != b:
-        raise ValueError(f"{name} must return one score per sample, shape ({b},) or ({b}, 1), "
-                         f"got {tuple(out.shape)}")
+        raise ValueError(f"{name} must return one score per sample, shape ({b},), ({b}, 1) or "
+                         f"({b}, 1, ..., 1), got {tuple(out.shape)}")
     if not out.requires_grad:
         raise ValueError(f"{name}'s output does not depend on its input through autograd "
                          f"(called under torch.no_grad, or the input was detached inside D)")
@@ -105,15 +124,21 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: Optional[torch.Tenso
                      scaler=None, return_norms: bool = False, impl: str = "auto"):
     """The gradient penalty of D at the point of `kind`; a scalar whose .backward() reaches D.
 
-    kind: "wgan-gp" (x_hat = real + a*(fake-real), weight*mean((n-1)^2), weight 10),
-          "dragan" (interpolate towards real + 0.5*std(real)*U(0,1), same penalty),
+    kind: "wgan-gp" (x_hat = real + alpha*(fake-real), weight*mean((n-1)^2), weight 10),
+          "dragan" (x_hat = real + alpha*(p-real), p = real + 0.5*std(real)*U(0,1), same penalty),
           "r1" / "r2" (x_hat = real / fake, (weight/2)*mean(n^2), weight=gamma=10).
-    center overrides c (0 gives zero-centered GP on interpolates); alpha (one value per sample)
-    and generator make the random draws reproducible; scaler=GradScaler applies the AMP recipe;
-    return_norms=True returns (penalty, n), n the per-sample gradient norms (detached).
+    n is ||dD(x_hat)/dx_hat|| per sample. `weight` (>= 0) is already inside the returned
+    penalty: add it to D's loss as it is, never multiply by lambda again.
+    alpha: one value per sample in [0, 1], shape (B,) or (B, 1, ..., 1); alpha = 0 is real,
+    alpha = 1 is fake (drawn from U(0, 1) when None). center overrides c (0 gives the
+    zero-centered GP on interpolates). generator makes the random draws reproducible;
+    scaler=GradScaler applies the AMP recipe; return_norms=True returns (penalty, n), n detached.
+    D is called as D(x_hat) and must return one score per sample: (B,), (B, 1) or (B, 1, ..., 1).
+    A conditional D takes its condition through a closure: gradient_penalty(lambda x: D(x, y),
+    real, fake) (the penalty differentiates with respect to x only; y is the labels of the batch).
     real and fake are detached: the penalty regularizes D, never G.
     """
-    _check_inputs(real, fake, kind, alpha, generator, scaler)
+    _check_inputs(real, fake, kind, alpha, generator, scaler, weight, center)
     c_default, w_default = _DEFAULTS[kind]
     c = float(c_default if center is None else center)
     w = float(w_default if weight is None else weight)

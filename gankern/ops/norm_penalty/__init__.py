@@ -161,13 +161,17 @@ def norm_penalty(grads: torch.Tensor, center: float = 0.0, weight: float = 1.0, 
     """(penalty, norms): norms[i] = ||grads[i]||_2 over all non-batch dims and
     penalty = weight * mean((norms - center)^2), both float32 for 16-bit grads.
 
-    Differentiable (any order); the gradient is well defined (0, never NaN) where a norm is 0.
+    weight (>= 0) is already inside the penalty: add it to the loss as it is. Differentiable
+    (any order); the gradient is well defined (0, never NaN) where a norm is 0, and every finite
+    input whose exact result is representable gives it, denormal and huge rows included.
     """
     check_tensor(grads, "grads", dtypes=FLOAT_DTYPES, allow_empty=False, min_ndim=1)
     if grads.numel() == 0 or grads.shape[0] == 0:
         raise ValueError(f"grads is empty (shape {tuple(grads.shape)})")
     center = _check_scalar(center, "center")
     weight = _check_scalar(weight, "weight")
+    if weight < 0:
+        raise ValueError(f"weight must be >= 0 (a negative weight rewards large gradients), got {weight}")
     backend = resolve_backend(impl, grads.device)
     if not is_dense(grads):
         grads = grads.contiguous()
