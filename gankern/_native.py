@@ -549,9 +549,10 @@ class SnPlan:
         self.code = DTYPE_CODES[weight.dtype]
         self.key = _sn_key(weight, u, v)
         self.cpu = kind == "cpu"
-        self._pi = self._scale = cpu_backward = None
+        self._pi = self._scale = self._sigma = cpu_backward = None
         if self.cpu:
             self._pi, self._scale = C.sn_power_iteration_cpu, C.sn_scale_cpu
+            self._sigma = C.sn_sigma_cpu
             cpu_backward = C.sn_normalize_backward_cpu
         # What a backward needs of the forward that ran under this validation: the plan may be
         # revalidated (model.double(), a new buffer) before an older graph runs its backward.
@@ -579,6 +580,25 @@ class SnPlan:
                     workspace=lambda: _sn_workspace(weight, a, m, b), backend=self.backend)
             _launch("sn_scale", weight.device, scale_args, backend=self.backend)
         return out, sigma, u_copy, v_copy, self.spec
+
+    def eval_forward(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """sigma = u^T W v from the stored u, v, then W / sigma, in two launches (no grad).
+        Reads W, u and v on every call: the plan caches their layout, never their values."""
+        if _sn_key(weight, u, v) != self.key:
+            self._validate(weight, u, v)
+        a, m, b = self.a, self.m, self.b
+        sigma = torch.empty((), dtype=weight.dtype, device=weight.device)
+        out = torch.empty_like(weight)
+        sigma_args = (self.code, weight.data_ptr(), a, m, b, u.data_ptr(), v.data_ptr(), sigma.data_ptr())
+        scale_args = (self.code, weight.data_ptr(), weight.numel(), sigma.data_ptr(), out.data_ptr())
+        if self.cpu:
+            self._sigma(*sigma_args)
+            self._scale(*scale_args)
+        else:
+            _launch("sn_sigma", weight.device, sigma_args, workspace=lambda: _sn_workspace(weight, a, m, b),
+                    backend=self.backend)
+            _launch("sn_scale", weight.device, scale_args, backend=self.backend)
+        return out
 
     def backward(self, grad: torch.Tensor, weight: torch.Tensor, u_copy: torch.Tensor,
                  v_copy: torch.Tensor, sigma: torch.Tensor, spec: tuple) -> torch.Tensor:

@@ -6,17 +6,27 @@ normalizations, two clones, a third mat-vec and a dot for sigma, the division) a
 backward; for the small layers of a GAN discriminator that is launch- and dispatch-bound.
 Here one fused op runs the power iteration (one pass over W per iteration, sigma = ||W^T u||
 for free) and one fused op divides W by sigma, with an analytic backward
-dW = G/sigma - (<G, W>/sigma^2) u v^T. In eval mode the normalized weight is cached and
-reused until the weight or the u/v buffers change (version counters), so inference pays nothing.
+dW = G/sigma - (<G, W>/sigma^2) u v^T. In eval mode, as in torch, sigma = u^T W v is recomputed
+from the stored u, v on every forward (one fused pass over W, then W/sigma). Nothing is cached
+across forwards: a cache keyed on version counters served a stale W/sigma after writes through
+`.data` (an EMA copy, weight clipping), and any cheaper validity check than reading W can be
+fooled the same way, while reading W is already what recomputing sigma costs.
 
 Everything users can observe is torch's: the parametrization is registered through
 torch.nn.utils.parametrize, so the state_dict keys are the same
 (`parametrizations.weight.original`, `parametrizations.weight.0._u`, `..._v`), the buffers are
 drawn from the RNG in the same order, the 15 warm-up iterations and the update order are the
-same, and a state_dict moves freely between torch-SN and gankern-SN models.
+same, and a state_dict moves freely between torch-SN and gankern-SN models. Checkpoints of the
+legacy hook (torch.nn.utils.spectral_norm: `weight_orig`, `weight_u`, `weight_v`) load too, through
+a load_state_dict pre-hook that renames their keys. Complex weights (torch supports them) run on
+the reference backend, which is torch's own math: the fused kernels are real-only.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -36,17 +46,32 @@ class SpectralNormDimError(ValueError, IndexError):
     """dim out of range: a ValueError like every gankern check, an IndexError like torch's."""
 
 
-def _check_options(n_power_iterations, eps, impl) -> None:
-    if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int):
-        raise TypeError(f"n_power_iterations must be an int, got {type(n_power_iterations).__name__}")
+def _as_int(value, what: str) -> int:
+    """An integer argument the way torch takes it: anything with __index__ (np.int64, a 0-d
+    integer tensor), never a bool or a float (torch would only fail later, inside range())."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}") from None
+
+
+def _check_options(n_power_iterations, eps, impl) -> tuple[int, float]:
+    """Validated (n_power_iterations, eps). torch checks only n_power_iterations > 0 and takes
+    any eps; eps = 0 is valid there (F.normalize divides by max(norm, 0)) and here. A negative or
+    non-finite eps is refused: torch accepts it but it is never what the caller meant."""
+    n_power_iterations = _as_int(n_power_iterations, "n_power_iterations")
     if n_power_iterations < 1:
         raise ValueError(f"n_power_iterations must be >= 1, got {n_power_iterations}")
-    if isinstance(eps, bool) or not isinstance(eps, (float, int)):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not eps > 0.0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    eps = float(eps)
+    if not (eps >= 0.0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a finite float >= 0, got {eps}")
     if not isinstance(impl, str):
         raise TypeError(f"impl must be a str, got {type(impl).__name__}")
+    return n_power_iterations, eps
 
 
 class SpectralNorm(nn.Module):
@@ -58,16 +83,15 @@ class SpectralNorm(nn.Module):
     def __init__(self, weight: torch.Tensor, n_power_iterations: int = 1, dim: int = 0,
                  eps: float = 1e-12, impl: str = "auto") -> None:
         super().__init__()
-        _check_options(n_power_iterations, eps, impl)
+        n_power_iterations, eps = _check_options(n_power_iterations, eps, impl)
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-        if not weight.is_floating_point():
-            raise TypeError(f"weight must be a floating tensor, got {weight.dtype}")
+        if not (weight.is_floating_point() or weight.is_complex()):
+            raise TypeError(f"weight must be a floating or complex tensor, got {weight.dtype}")
         ndim = weight.ndim
         if ndim == 0:
             raise ValueError("weight must have at least 1 dim, got a 0-d tensor")
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+        dim = _as_int(dim, "dim")
         if dim >= ndim or dim < -ndim:
             raise SpectralNormDimError(f"dim must be in [-{ndim}, {ndim - 1}] for a weight of shape "
                                        f"{tuple(weight.shape)}, got {dim}")
@@ -77,8 +101,7 @@ class SpectralNorm(nn.Module):
         self.eps = eps
         self.impl = impl
         # Resolve now so an unavailable explicit impl fails at registration, not mid-training.
-        _backend.resolve(impl, weight.device, sn_ops.IMPLEMENTED, op="spectral_norm")
-        self._cache: tuple | None = None
+        _resolve(impl, weight)
         self._plan = None  # _native.SnPlan of the training forward, made on first use
         if ndim > 1:
             self.n_power_iterations = n_power_iterations
@@ -95,9 +118,10 @@ class SpectralNorm(nn.Module):
     def from_state(cls, dim: int, eps: float, n_power_iterations: int, u, v, training: bool,
                    impl: str = "auto") -> "SpectralNorm":
         """A parametrization around existing u/v buffers (kept, not copied): no RNG, no warm-up."""
+        n_power_iterations, eps = _check_options(n_power_iterations, eps, impl)
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self.dim, self.eps, self.impl, self._cache, self._plan = dim, eps, impl, None, None
+        self.dim, self.eps, self.impl, self._plan = _as_int(dim, "dim"), eps, impl, None
         if u is not None:
             self.n_power_iterations = n_power_iterations
             self.register_buffer("_u", u)
@@ -107,7 +131,7 @@ class SpectralNorm(nn.Module):
 
     # -- backend ------------------------------------------------------------------------------
     def _backend_for(self, weight: torch.Tensor) -> str:
-        return _backend.resolve(self.impl, weight.device, sn_ops.IMPLEMENTED, op="spectral_norm")
+        return _resolve(self.impl, weight)
 
     @torch.no_grad()
     def _power_method(self, weight: torch.Tensor, n_power_iterations: int):
@@ -131,42 +155,15 @@ class SpectralNorm(nn.Module):
         if backend == "reference":
             return spectral_norm_reference(weight, u, v, self.dim, self.n_power_iterations, self.eps,
                                            self.training)
-        if self.training:
-            if self._cache is not None:  # nn.Module.__setattr__ costs ~2 us: only when needed
-                self._cache = None
-            plan = None
-            if backend in ("cpu", "cuda") and not torch.compiler.is_compiling():
-                plan = self._plan
-                if plan is None:
-                    plan = self._plan = sn_ops.native_plan(weight, u, v, self.dim)
-            return sn_ops.train_forward(weight, u, v, self.dim, self.n_power_iterations, self.eps,
-                                        backend, plan)
-        return self._eval_forward(weight, backend)
-
-    def _eval_forward(self, weight: torch.Tensor, backend: str) -> torch.Tensor:
-        """No power iteration; W/sigma (or sigma alone when a gradient is needed) is cached."""
-        needs_grad = torch.is_grad_enabled() and weight.requires_grad
-        key = None if torch.compiler.is_compiling() else _version_key(weight, self._u, self._v)
-        hit = self._cache if key is not None and self._cache is not None and self._cache[0] == key else None
-        if hit is None:
-            with torch.no_grad():
-                u = self._u.clone(memory_format=torch.contiguous_format)
-                v = self._v.clone(memory_format=torch.contiguous_format)
-                sigma = sn_ops.sigma(weight, u, v, self.dim, backend)
-            hit = (key, sigma, u, v, None)
-        if needs_grad:
-            out = sn_ops.normalize(weight, hit[2], hit[3], hit[1], self.dim, backend)
-            if key is not None:
-                self._cache = hit
-            return out
-        out = hit[4]
-        if out is None:
-            with torch.no_grad():
-                out = sn_ops.normalize(weight, hit[2], hit[3], hit[1], self.dim, backend)
-            hit = hit[:4] + (out,)
-        if key is not None:
-            self._cache = hit
-        return out
+        plan = None
+        if backend in ("cpu", "cuda", "cuda_sim") and not torch.compiler.is_compiling():
+            plan = self._plan
+            if plan is None or plan.backend != backend:  # GANKERN_IMPL may change under auto
+                plan = self._plan = sn_ops.native_plan(weight, u, v, self.dim, backend)
+        if not self.training:
+            return sn_ops.eval_forward(weight, u, v, self.dim, backend, plan)
+        return sn_ops.train_forward(weight, u, v, self.dim, self.n_power_iterations, self.eps,
+                                    backend, plan)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         return value
@@ -175,23 +172,90 @@ class SpectralNorm(nn.Module):
         n = getattr(self, "n_power_iterations", None)
         return f"dim={self.dim}, n_power_iterations={n}, eps={self.eps}, impl={self.impl!r}"
 
+    # The plan holds launchers bound to this module's storage (validated shapes and pointers):
+    # a copy (an EMA of D) or an unpickled module starts without one.
     def __deepcopy__(self, memo):
-        # The eval cache and the plan are keyed on this module's storage; a copy (an EMA of D)
-        # starts without them.
         import copy
 
         replica = self.__class__.__new__(self.__class__)
         memo[id(self)] = replica
         for k, val in self.__dict__.items():
-            replica.__dict__[k] = None if k in ("_cache", "_plan") else copy.deepcopy(val, memo)
+            replica.__dict__[k] = None if k == "_plan" else copy.deepcopy(val, memo)
         return replica
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_plan"] = None
+        return state
 
-def _version_key(weight, u, v):
-    try:
-        return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in (weight, u, v))
-    except RuntimeError:  # inference-mode tensors have no version counter: never cache them
-        return None
+
+def _resolve(impl: str, weight: torch.Tensor) -> str:
+    """The backend of a forward. Complex weights run on the reference backend (torch's math):
+    "auto" (and GANKERN_IMPL) means reference for them, an explicit fused backend is refused."""
+    if weight.is_complex():
+        if impl not in ("auto", "reference"):
+            raise ValueError(f"impl={impl!r} cannot run a complex weight ({weight.dtype}): gankern's "
+                             "fused spectral-norm kernels are real-only; use impl='auto' or "
+                             "'reference' (torch's own math)")
+        return "reference"
+    return _backend.resolve(impl, weight.device, sn_ops.IMPLEMENTED, op="spectral_norm")
+
+
+class _LegacyCheckpointKeys:
+    """load_state_dict pre-hook of a module with gankern SN on `name`: a checkpoint of torch's
+    legacy hook SN (torch.nn.utils.spectral_norm) is renamed to the parametrization's keys:
+    `<name>_orig` -> `parametrizations.<name>.original`, `<name>_u` / `<name>_v` ->
+    `parametrizations.<name>.0._u` / `._v`. Those are the same tensors with the same meaning
+    (u of size W.shape[dim], sigma = u^T W v), so a loaded model's eval output equals the legacy
+    model's. A checkpoint of the oldest legacy format (before torch 1.0: `<name>` = W/sigma
+    stored, no `<name>_v`) gets v derived the way torch's own loader derives it: the
+    least-squares solution of W x = u, scaled so that u^T W v equals the stored sigma."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, module, state_dict, prefix, local_metadata, strict, missing_keys,
+                 unexpected_keys, error_msgs) -> None:
+        old = prefix + self.name
+        if old + "_orig" not in state_dict:
+            return
+        plist = module.parametrizations[self.name] if parametrize.is_parametrized(module, self.name) else None
+        if plist is None or not isinstance(plist[0], SpectralNorm):
+            return  # not ours (any more): the keys stay and a strict load names them
+        sn = plist[0]
+        new = f"{prefix}parametrizations.{self.name}."
+        if old + "_v" not in state_dict and old in state_dict and old + "_u" in state_dict:
+            state_dict[old + "_v"] = _derive_legacy_v(state_dict[old + "_orig"], state_dict.pop(old),
+                                                      state_dict[old + "_u"], sn.dim)
+        state_dict[new + "original"] = state_dict.pop(old + "_orig")
+        for suffix in ("_u", "_v"):
+            if old + suffix in state_dict:
+                state_dict[f"{new}0.{suffix}"] = state_dict.pop(old + suffix)
+
+
+@torch.no_grad()
+def _derive_legacy_v(weight_orig: torch.Tensor, weight_sn: torch.Tensor, u: torch.Tensor,
+                     dim: int) -> torch.Tensor:
+    # The old format stored W/sigma instead of v; sigma is the ratio of the two weights.
+    w = to_matrix(weight_orig, dim).to(torch.float64)
+    sigma = (weight_orig.to(torch.float64) / weight_sn.to(torch.float64)).mean()
+    u64 = u.to(torch.float64)
+    x = torch.linalg.pinv(w) @ u64
+    return (x * (sigma / torch.dot(u64, w @ x))).to(u.dtype)
+
+
+def _register(module: nn.Module, name: str, sn: SpectralNorm, unsafe: bool = False) -> None:
+    """Register `sn` on module.<name>, with the legacy-checkpoint pre-hook."""
+    parametrize.register_parametrization(module, name, sn, unsafe=unsafe)
+    _accept_legacy_checkpoints(module, name)
+
+
+def _accept_legacy_checkpoints(module: nn.Module, name: str) -> None:
+    for h in module._load_state_dict_pre_hooks.values():
+        target = getattr(h, "hook", h)  # torch wraps hooks registered with the module
+        if isinstance(target, _LegacyCheckpointKeys) and target.name == name:
+            return
+    module.register_load_state_dict_pre_hook(_LegacyCheckpointKeys(name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,14 +274,13 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
-    _check_options(n_power_iterations, eps, impl)
+    n_power_iterations, eps = _check_options(n_power_iterations, eps, impl)
     weight = getattr(module, name, None)
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"name: module {type(module).__name__} has no parameter or buffer named {name!r}")
     if dim is None:
         dim = 1 if isinstance(module, _CONV_TRANSPOSE) else 0
-    parametrize.register_parametrization(module, name,
-                                         SpectralNorm(weight, n_power_iterations, dim, eps, impl))
+    _register(module, name, SpectralNorm(weight, n_power_iterations, dim, eps, impl))
     return module
 
 
@@ -238,24 +301,37 @@ def convert_spectral_norm(model: nn.Module, impl: str = "auto") -> nn.Module:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(impl, str):
         raise TypeError(f"impl must be a str, got {type(impl).__name__}")
-    for module in list(model.modules()):
+    # Every replacement is built (and its impl resolved for its weight) before any is made:
+    # a bad impl or option raises with the model unchanged.
+    replacements, legacy = [], []
+    for module in model.modules():
         if parametrize.is_parametrized(module):
-            for plist in module.parametrizations.values():
+            for name, plist in module.parametrizations.items():
                 for j, p in enumerate(plist):
                     if isinstance(p, TorchSN):
-                        plist[j] = SpectralNorm.from_state(
+                        sn = SpectralNorm.from_state(
                             p.dim, p.eps, getattr(p, "n_power_iterations", 1),
                             p._buffers.get("_u"), p._buffers.get("_v"), p.training, impl)
-        for key, hook in list(module._forward_pre_hooks.items()):
+                        _resolve(impl, plist.original)
+                        replacements.append((module, name, plist, j, sn))
+        for key, hook in module._forward_pre_hooks.items():
             if isinstance(hook, LegacySN):
-                _convert_legacy(module, key, hook, impl)
+                sn = SpectralNorm.from_state(hook.dim, hook.eps, hook.n_power_iterations,
+                                             module._buffers[hook.name + "_u"],
+                                             module._buffers[hook.name + "_v"], module.training, impl)
+                _resolve(impl, module._parameters[hook.name + "_orig"])
+                legacy.append((module, key, hook, sn))
+    for module, name, plist, j, sn in replacements:
+        plist[j] = sn
+        _accept_legacy_checkpoints(module, name)
+    for module, key, hook, sn in legacy:
+        _convert_legacy(module, key, hook, sn)
     return model
 
 
-def _convert_legacy(module: nn.Module, key, hook, impl: str) -> None:
+def _convert_legacy(module: nn.Module, key, hook, sn: SpectralNorm) -> None:
     name = hook.name
     original = module._parameters[name + "_orig"]
-    u, v = module._buffers[name + "_u"], module._buffers[name + "_v"]
     del module._forward_pre_hooks[key]
     # The legacy state_dict hooks rename keys for the hook layout; they go with the hook.
     for hooks in (module._state_dict_hooks, module._load_state_dict_pre_hooks):
@@ -268,6 +344,5 @@ def _convert_legacy(module: nn.Module, key, hook, impl: str) -> None:
     del module._buffers[name + "_u"]
     del module._buffers[name + "_v"]
     module.register_parameter(name, original)
-    sn = SpectralNorm.from_state(hook.dim, hook.eps, hook.n_power_iterations, u, v, module.training, impl)
     # unsafe: the consistency check would run a training forward, i.e. one more power iteration.
-    parametrize.register_parametrization(module, name, sn, unsafe=True)
+    _register(module, name, sn, unsafe=True)

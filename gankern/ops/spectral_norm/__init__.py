@@ -247,6 +247,28 @@ def train_forward(weight, u, v, dim: int, n_iter: int, eps: float, backend: str,
     return out
 
 
+def eval_forward(weight, u, v, dim: int, backend: str, plan=None) -> torch.Tensor:
+    """The eval forward: W / sigma with sigma = u^T W v from the stored u, v (no iteration).
+
+    Computed on every call, as torch does. There is deliberately no cache: writes through
+    `.data`, numpy views or raw pointers (an EMA copy, weight clipping, a fused optimizer) move
+    no version counter, a fingerprint cheaper than reading W can collide, and reading W is
+    what sigma costs anyway (one pass; W/sigma is the second). `plan` (from native_plan) lets
+    the cpu and cuda backends skip the per-call checks outside torch.compile."""
+    if torch.is_grad_enabled() and weight.requires_grad:
+        # Cloned, as torch does: the backward keeps these, whatever later happens to the buffers.
+        u = u.clone(memory_format=torch.contiguous_format)
+        v = v.clone(memory_format=torch.contiguous_format)
+        return normalize(weight, u, v, sigma(weight, u, v, dim, backend), dim, backend)
+    with torch.no_grad():
+        w = weight.contiguous()
+        if torch.compiler.is_compiling():
+            return _normalize_op(w, u, v, _sigma_op(w, u, v, dim, backend), dim, backend)
+        if plan is not None:
+            return plan.eval_forward(w, u, v)
+        return _scale_impl(w, sigma(w, u, v, dim, backend), backend)
+
+
 def normalize(weight, u, v, sigma: Optional[torch.Tensor], dim: int, backend: str) -> torch.Tensor:
     """W / sigma with the fused backward; sigma None: u^T W v computed inside."""
     weight = weight.contiguous()
@@ -255,5 +277,5 @@ def normalize(weight, u, v, sigma: Optional[torch.Tensor], dim: int, backend: st
     return _EagerNormalize.apply(weight, u, v, sigma, dim, backend)
 
 
-__all__ = ["IMPLEMENTED", "matrix_dims", "native_plan", "normalize", "power_iteration_", "sigma",
+__all__ = ["IMPLEMENTED", "eval_forward", "matrix_dims", "native_plan", "normalize", "power_iteration_", "sigma",
            "train_forward"]
