@@ -118,7 +118,8 @@ def drive_bias_act(thorough):
             # combinations and an odd size on two of them, or on all with thorough=True.
             variants = [(True, None, (2, 16, 4, 4))]
             if thorough or act in ("lrelu", "tanh"):
-                variants += [(False, 0.5, (2, 16, 4, 4)), (True, 0.5, (1, 3, 5, 7)), (True, None, (1, 3, 5, 7))]
+                variants += [(False, 0.5, (2, 16, 4, 4)), (True, 0.5, (1, 3, 5, 7)), (True, None, (1, 3, 5, 7)),
+                             (True, None, (4, 16))]  # a Linear layer: inner = 1
             for with_bias, clamp, shape in variants:
                 hot = act == "lrelu" and with_bias and clamp is None and shape[1] == 16
                 x = torch.randn(shape, generator=g).to(dtype).requires_grad_()

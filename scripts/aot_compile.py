@@ -10,7 +10,8 @@ Steps: aot_capture.py (child process, interpreter on) records the specialization
 produce; this picks the CI set (every hot path, and per kernel and dtype every value of every
 flag at least once) or all of them (--full), compiles each for every --target in a process pool,
 and writes one JSON row per (kernel, specialization, target): registers, spills, shared memory,
-local memory, and the widest global load/store read from the PTX (ld.global.v4.b32 = 128 bits).
+local memory, the widest global load/store read from the PTX (ld.global.v4.b32 = 128 bits), and
+the number of 64-bit integer divides/modulos in the PTX (each a long software routine on a GPU).
 "spills" is the local memory per thread / 4, the same count triton's driver reports as n_spills.
 Exit status 1 if any compile failed or a kernel was not captured.
 
@@ -34,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "aot-triton.json")
 _LD = re.compile(r"\bld\.global(?:\.[a-z0-9_:]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b")
 _ST = re.compile(r"\bst\.global(?:\.[a-z0-9_:]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b")
+_DIV64 = re.compile(r"\b(?:div|rem)(?:\.[a-z]+)*\.[su]64\b")
 _RES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
@@ -131,7 +133,8 @@ def compile_one(job):
     regs, stack, shared, local = (int(x) for x in m.groups())
     row.update(registers=regs, stack_bytes=stack, local_bytes=local, spills=local // 4,
                shared_bytes=max(shared, kernel.metadata.shared),
-               widest_load_bits=_widest(_LD, ptx), widest_store_bits=_widest(_ST, ptx))
+               widest_load_bits=_widest(_LD, ptx), widest_store_bits=_widest(_ST, ptx),
+               div64=len(_DIV64.findall(ptx)))
     return row
 
 

@@ -129,7 +129,10 @@ else
         # Only this GPU's architecture: a third of the compile time of the default list.
         TORCH_CUDA_ARCH_LIST=$("$PYTHON" -c "import torch; m, n = torch.cuda.get_device_capability(); print(f'{m}.{n}')")
         export TORCH_CUDA_ARCH_LIST
-        log "building for TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
+        # SASS for this GPU is what runs here; the PTX a user build embeds for newer GPUs
+        # would only add compile time.
+        export GANKERN_PTX=0
+        log "building for TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST (no PTX)"
     fi
     # A private object directory: another build in the same tree never races this one.
     step build 240 env GANKERN_BUILD_TEMP="$ROOT/build/gpu_check" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
@@ -141,7 +144,10 @@ import torch, gankern
 from gankern import _backend, _native
 assert _native.load_error() is None, _native.load_error()
 assert _native.cuda_compiled(), 'gankern._C was built without CUDA kernels (nvcc not found?)'
-assert _backend.usable('cuda', torch.device('cuda')), 'cuda backend not usable'
+C = _native._load()
+print('build:', C.cuda_build_info(), 'driver', C.cuda_driver_version(), 'probe', C.cuda_probe_current_device(),
+      'capability', torch.cuda.get_device_capability())
+assert _backend.usable('cuda', torch.device('cuda')), 'cuda backend not usable (see the warning above)'
 print('gankern._C with CUDA kernels: ok;', 'runtime', _native._C.cuda_runtime_version())"
 fi
 step info 60 "$PYTHON" -m gankern info

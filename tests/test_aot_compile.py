@@ -75,6 +75,17 @@ def test_hot_paths_use_128_bit_loads(aot, tag):
         assert r["widest_load_bits"] == 128, (r["kernel"], r["target"], r["constexprs"], r["widest_load_bits"])
 
 
+@pytest.mark.parametrize("tag,most", [("bias_act fp32", 1), ("bias_act bf16", 1), ("spectral_norm fp32", 0),
+                                      ("spectral_norm bf16", 0)])
+def test_hot_paths_have_no_64_bit_divide_per_element(aot, tag, most):
+    """A per-element 64-bit divide shows up once per element a thread handles (8 here); bias_act
+    keeps one scalar modulo per program (where its block starts within a channel period)."""
+    rows = [r for r in aot["rows"] if tag in r["tags"] and "error" not in r]
+    assert rows, tag
+    for r in rows:
+        assert r["div64"] <= most, (r["kernel"], r["target"], r["constexprs"], r["div64"])
+
+
 def test_ptx_load_width_parsing():
     ptx = """
     ld.global.b64 %rd1, [%rd2];
@@ -85,6 +96,7 @@ def test_ptx_load_width_parsing():
     assert aot_compile._widest(aot_compile._LD, ptx) == 128
     assert aot_compile._widest(aot_compile._ST, ptx) == 64
     assert aot_compile._widest(aot_compile._LD, "ld.global.b16 %h1, [%rd1];") == 16
+    assert len(aot_compile._DIV64.findall("div.s64 %rd3, %rd1, %rd2; rem.u64 %rd4, %rd1, %rd2; div.rn.f32 %f1")) == 2
 
 
 def test_ci_set_keeps_hot_paths_and_covers_every_flag_value():

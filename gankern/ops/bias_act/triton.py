@@ -116,8 +116,10 @@ def _act(z, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
 def _bias_act_kernel(x_ptr, b_ptr, dy_ptr, v_ptr, out_ptr, consts_ptr, n, C, inner,
                      alpha, gain, clamp, ACT: tl.constexpr, MODE: tl.constexpr,
                      HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, ACC: tl.constexpr,
-                     OUT: tl.constexpr, FROM_PTR: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+                     OUT: tl.constexpr, FROM_PTR: tl.constexpr, INDEX32: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
     mask = offs < n
     if FROM_PTR:
         alpha = tl.load(consts_ptr)
@@ -125,7 +127,15 @@ def _bias_act_kernel(x_ptr, b_ptr, dy_ptr, v_ptr, out_ptr, consts_ptr, n, C, inn
         clamp = tl.load(consts_ptr + 2)
     z = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
     if HAS_BIAS:
-        z += tl.load(b_ptr + (offs // inner) % C, mask=mask, other=0.0).to(ACC)
+        if INDEX32:
+            # The channel depends only on the offset modulo C*inner: one 64-bit modulo per
+            # program, then 32-bit divide/modulo per element (a 64-bit one is a long software
+            # routine on GPUs). The launcher sets INDEX32 when C*inner + BLOCK fits in 31 bits.
+            r0 = (start % (tl.cast(C, tl.int64) * inner)).to(tl.int32)
+            ch = ((r0 + tl.arange(0, BLOCK)) // tl.cast(inner, tl.int32)) % tl.cast(C, tl.int32)
+        else:
+            ch = (offs // inner) % C
+        z += tl.load(b_ptr + ch, mask=mask, other=0.0).to(ACC)
     if MODE == 0:
         u = _act(z, alpha, ACT, 0) * gain
         if HAS_CLAMP:
@@ -160,5 +170,5 @@ def bias_act_triton(mode: int, act: int, x, b, dy, v, alpha: float, gain: float,
         x, b if b is not None else x, dy if dy is not None else x, v if v is not None else x, out,
         consts, n, channels, inner, float(alpha), float(gain), c, ACT=act, MODE=mode,
         HAS_BIAS=b is not None, HAS_CLAMP=has_clamp, ACC=_TL[acc], OUT=_TL[x.dtype],
-        FROM_PTR=from_ptr, BLOCK=BLOCK, num_warps=4)
+        FROM_PTR=from_ptr, INDEX32=channels * inner + BLOCK < 2**31, BLOCK=BLOCK, num_warps=4)
     return out

@@ -127,14 +127,22 @@ def _partial_dot_kernel(a_ptr, b_ptr, part_ptr, n, ACC: tl.constexpr, BLOCK: tl.
 
 
 @triton.jit
-def _backward_kernel(g_ptr, w_ptr, u_ptr, v_ptr, sigma_ptr, part_ptr, out_ptr, n_parts, M, B, n,
-                     DTYPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
-                     PART_BLOCK: tl.constexpr):
-    # Every program sums the few partials of <G, W> itself: cheaper than another launch.
-    ps = tl.arange(0, PART_BLOCK)
-    dot = tl.sum(tl.load(part_ptr + ps, mask=ps < n_parts, other=0.0), axis=0)
+def _sum_parts_kernel(part_ptr, out_ptr, n_parts, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # One program sums the partials of <G, W> in a fixed order (deterministic, no atomics);
+    # each backward program then reads one scalar instead of every partial (which was
+    # quadratic: n/BLOCK programs each reading n/BLOCK partials, ~1 GiB for a 4096^2 weight).
+    acc = tl.zeros([BLOCK], dtype=ACC)
+    for p0 in range(0, n_parts, BLOCK):
+        ps = p0 + tl.arange(0, BLOCK)
+        acc += tl.load(part_ptr + ps, mask=ps < n_parts, other=0.0)
+    tl.store(out_ptr, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _backward_kernel(g_ptr, w_ptr, u_ptr, v_ptr, sigma_ptr, dot_ptr, out_ptr, M, B, n,
+                     DTYPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     s = tl.load(sigma_ptr).to(ACC)
-    c = dot / (s * s)
+    c = tl.load(dot_ptr) / (s * s)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     i = (offs // B) % M
@@ -198,10 +206,10 @@ def normalize_backward(grad, weight, u, v, sigma_, dim):
     acc = _acc(weight.dtype)
     n = weight.numel()
     n_parts = triton.cdiv(n, BLOCK)
-    part = torch.empty(n_parts, dtype=acc, device=weight.device)
+    part = torch.empty(n_parts + 1, dtype=acc, device=weight.device)  # the last one holds the sum
     _partial_dot_kernel[(n_parts,)](grad, weight, part, n, ACC=_TL[acc], BLOCK=BLOCK)
+    _sum_parts_kernel[(1,)](part, part[n_parts:], n_parts, ACC=_TL[acc], BLOCK=BLOCK)
     out = torch.empty_like(weight, memory_format=torch.contiguous_format)
-    _backward_kernel[(n_parts,)](grad, weight, u, v, sigma_, part, out, n_parts, m, b, n,
-                                 DTYPE=_TL[weight.dtype], ACC=_TL[acc], BLOCK=BLOCK,
-                                 PART_BLOCK=triton.next_power_of_2(n_parts))
+    _backward_kernel[(n_parts,)](grad, weight, u, v, sigma_, part[n_parts:], out, m, b, n,
+                                 DTYPE=_TL[weight.dtype], ACC=_TL[acc], BLOCK=BLOCK)
     return out
