@@ -14,12 +14,14 @@ import math
 from typing import Callable, Optional
 
 import torch
+from torch import nn
 
 from .._checks import FLOAT_DTYPES, check_tensor
 
-KINDS = ("wgan-gp", "r1", "r2", "dragan")
+KINDS = ("wgan-gp", "r1", "r2", "dragan", "r1+r2")
 # (center, weight) defaults per kind; r1/r2 use weight/2 as the factor of mean(n^2) (gamma/2).
-_DEFAULTS = {"wgan-gp": (1.0, 10.0), "dragan": (1.0, 10.0), "r1": (0.0, 10.0), "r2": (0.0, 10.0)}
+_DEFAULTS = {"wgan-gp": (1.0, 10.0), "dragan": (1.0, 10.0), "r1": (0.0, 10.0), "r2": (0.0, 10.0),
+             "r1+r2": (0.0, 10.0)}
 
 
 def _check_inputs(real, fake, kind, alpha, generator, scaler, weight, center):
@@ -36,7 +38,7 @@ def _check_inputs(real, fake, kind, alpha, generator, scaler, weight, center):
         if not math.isfinite(center):
             raise ValueError(f"center must be finite, got {center}")
     check_tensor(real, "real", dtypes=FLOAT_DTYPES, allow_empty=False, min_ndim=2)
-    if kind in ("wgan-gp", "r2"):
+    if kind in ("wgan-gp", "r2", "r1+r2"):
         if fake is None:
             raise ValueError(f"kind={kind!r} needs fake, got None")
         check_tensor(fake, "fake", dtypes=FLOAT_DTYPES, device=real.device)
@@ -78,6 +80,8 @@ def penalty_point(real, fake, kind, alpha=None, generator=None) -> torch.Tensor:
         return real
     if kind == "r2":
         return fake.detach()
+    if kind == "r1+r2":  # one batch, one D forward, one double backward for both penalties
+        return torch.cat([real, fake.detach()])
     per_sample = (real.shape[0],) + (1,) * (real.dim() - 1)
     a = alpha.reshape(per_sample).to(real.dtype) if alpha is not None else _rand(per_sample, real, generator)
     if kind == "wgan-gp":
@@ -85,6 +89,26 @@ def penalty_point(real, fake, kind, alpha=None, generator=None) -> torch.Tensor:
     else:  # dragan: a perturbed copy of real, 0.5 * std(real) * U(0,1) noise per element
         other = real + 0.5 * real.std() * _rand(real.shape, real, generator)
     return real + a * (other - real)
+
+
+def batch_statistics_layers(D) -> list:
+    """Names of D's layers that normalize with statistics of the batch they are given
+    (BatchNorm in training mode, or without running statistics): over cat([real, fake]) their
+    output for a real sample depends on the fakes, so R1 + R2 from one forward is not R1 + R2."""
+    if not isinstance(D, nn.Module):
+        return []
+    return [name or type(m).__name__ for name, m in D.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)]
+
+
+def _refuse_batch_statistics(D):
+    layers = batch_statistics_layers(D)
+    if layers:
+        raise ValueError(
+            f"kind='r1+r2' runs D once over cat([real, fake]), but D normalizes with batch statistics "
+            f"({', '.join(layers[:3])}{', ...' if len(layers) > 3 else ''}: BatchNorm in training mode), which "
+            f"would mix real and fake samples; use kind='r1' and kind='r2' separately, put D in eval() "
+            f"for the penalty, or use a per-sample normalization (GroupNorm, LayerNorm, InstanceNorm)")
 
 
 def _check_output(out, x_hat, name="D"):
@@ -126,7 +150,11 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: Optional[torch.Tenso
 
     kind: "wgan-gp" (x_hat = real + alpha*(fake-real), weight*mean((n-1)^2), weight 10),
           "dragan" (x_hat = real + alpha*(p-real), p = real + 0.5*std(real)*U(0,1), same penalty),
-          "r1" / "r2" (x_hat = real / fake, (weight/2)*mean(n^2), weight=gamma=10).
+          "r1" / "r2" (x_hat = real / fake, (weight/2)*mean(n^2), weight=gamma=10),
+          "r1+r2" (R3GAN: R1 + R2, from ONE D forward over cat([real, fake]) and one double
+          backward; D must treat samples independently: BatchNorm in training mode is refused,
+          and a batch-coupled layer that cannot be seen (minibatch std) is the caller's to avoid;
+          return_norms gives 2B norms, real first).
     n is ||dD(x_hat)/dx_hat|| per sample. `weight` (>= 0) is already inside the returned
     penalty: add it to D's loss as it is, never multiply by lambda again.
     alpha: one value per sample in [0, 1], shape (B,) or (B, 1, ..., 1); alpha = 0 is real,
@@ -142,7 +170,11 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: Optional[torch.Tenso
     c_default, w_default = _DEFAULTS[kind]
     c = float(c_default if center is None else center)
     w = float(w_default if weight is None else weight)
+    # r1/r2: (gamma/2) * mean over B. r1+r2: (gamma/2) * (mean_B real + mean_B fake), which is
+    # gamma * mean over the 2B rows of the concatenated batch.
     factor = w / 2 if kind in ("r1", "r2") else w
+    if kind == "r1+r2":
+        _refuse_batch_statistics(D)
     from ..ops.norm_penalty import norm_penalty, resolve_backend
 
     backend = resolve_backend(impl, real.device)  # raises before D runs if impl is unusable

@@ -1,4 +1,4 @@
-"""Discriminator regularizers as small objects a trainer applies: WGAN-GP, R1, R2, DRAGAN, GAN-QP,
+"""Discriminator regularizers as small objects a trainer applies: WGAN-GP, R1, R2, R1+R2, DRAGAN, GAN-QP,
 plus the L2 weight penalty and annealed instance noise.
 
 The gradient penalties are gk.gradient_penalty (fused norm + penalty, double backward included);
@@ -106,6 +106,14 @@ class R2(R1):
     kind = "r2"
 
 
+class R1R2(R1):
+    """R3GAN (Huang et al. 2024): (gamma/2) * (mean ||grad D(real)||^2 + mean ||grad D(fake)||^2),
+    both from one D forward over cat([real, fake]) and one double backward (gk.gradient_penalty
+    kind="r1+r2"); a D with BatchNorm in training mode is refused there."""
+
+    kind = "r1+r2"
+
+
 class GANQP(Regularizer):
     """Su 2018: (r - f)^2 / (2 lambda d(x_r, x_f)) on the loss's own scores; with loss="wgan"
     this is exactly loss="gan-qp"."""
@@ -130,14 +138,14 @@ class GANQP(Regularizer):
         return f"GANQP(qp_lambda={self.qp_lambda})"
 
 
-REGULARIZERS = {"wgan-gp": WGANGP, "wgangp": WGANGP, "r1": R1, "r2": R2, "dragan": DRAGAN,
-                "gan-qp": GANQP, "ganqp": GANQP}
+REGULARIZERS = {"wgan-gp": WGANGP, "wgangp": WGANGP, "r1": R1, "r2": R2, "r1+r2": R1R2, "r1r2": R1R2,
+                "dragan": DRAGAN, "gan-qp": GANQP, "ganqp": GANQP}
 
 
 def from_config(cfg: dict) -> Regularizer:
     """Rebuild a regularizer from Regularizer.config() (checkpoints store configs, not objects)."""
     cfg = dict(cfg)
-    cls = {c.__name__: c for c in (WGANGP, DRAGAN, R1, R2, GANQP)}.get(cfg.pop("name", None))
+    cls = {c.__name__: c for c in (WGANGP, DRAGAN, R1, R2, R1R2, GANQP)}.get(cfg.pop("name", None))
     if cls is None:
         raise ValueError(f"unknown regularizer config {cfg!r}")
     return cls(**cfg)
@@ -157,7 +165,7 @@ def as_list(reg) -> list[Regularizer]:
     regs = list(reg) if isinstance(reg, (list, tuple)) else [reg]
     for r in regs:
         if not isinstance(r, Regularizer):
-            raise TypeError(f"reg must be a gk.train regularizer (R1, R2, WGANGP, DRAGAN, GANQP), "
+            raise TypeError(f"reg must be a gk.train regularizer (R1, R2, R1R2, WGANGP, DRAGAN, GANQP), "
                             f"got {type(r).__name__}")
     return regs
 
