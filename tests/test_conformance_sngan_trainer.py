@@ -1,6 +1,8 @@
 """An SNGAN trainer written the way popular SNGAN repositories write it, and the same trainer
-with gankern swapped in as the README says (gk.spectral_norm for torch's spectral_norm), must
-train identically in float64: every loss, every parameter, every u/v buffer, the samples.
+with gankern swapped in as the README says, must train identically in float64: every loss, every
+parameter, every u/v buffer, the samples. Both ways repositories apply SN are covered: torch's
+parametrization (torch.nn.utils.parametrizations.spectral_norm -> gk.spectral_norm) and the
+legacy hook (torch.nn.utils.spectral_norm, then gk.convert_spectral_norm(D) after building D).
 
 The recipe (Miyato et al. 2018, as the common PyTorch ports write it): spectral norm on every
 layer of D, hinge loss L_D = mean(relu(1 - D(x))) + mean(relu(1 + D(G(z)))), L_G = -mean(D(G(z))),
@@ -15,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import spectral_norm as legacy_spectral_norm
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from conftest import backends_for
@@ -59,12 +62,12 @@ def real_batches(seed):
         yield torch.tanh(2 * torch.randn(BATCH, 1, 8, 8, generator=g, dtype=torch.float64))
 
 
-def train_sngan(spectral_norm, g_steps, n_dis, seed=0):
-    """The training script; `spectral_norm` is the only thing the swap changes."""
+def train_sngan(spectral_norm, g_steps, n_dis, seed=0, convert=lambda net: net):
+    """The training script; `spectral_norm` and `convert` are what the swap changes."""
     torch.manual_seed(seed)
     with float64_default():  # SN's 15 warm-up iterations run at registration: in float64 too
         net_G = generator()
-        net_D = discriminator(spectral_norm)
+        net_D = convert(discriminator(spectral_norm))
     optim_G = torch.optim.Adam(net_G.parameters(), lr=2e-4, betas=(0.0, 0.9))
     optim_D = torch.optim.Adam(net_D.parameters(), lr=2e-4, betas=(0.0, 0.9))
     data = real_batches(seed + 1)
@@ -98,19 +101,42 @@ def train_sngan(spectral_norm, g_steps, n_dis, seed=0):
     return log, net_G, net_D, samples, scores
 
 
+def parametrization_keys(state_dict):
+    """Legacy-hook keys (`weight_orig`, `weight_u`, `weight_v`) under the parametrization's names."""
+    renamed = {"weight_orig": "parametrizations.weight.original", "weight_u": "parametrizations.weight.0._u",
+               "weight_v": "parametrizations.weight.0._v"}
+    out = {}
+    for key, t in state_dict.items():
+        prefix, _, last = key.rpartition(".")
+        out[f"{prefix}.{renamed[last]}" if last in renamed else key] = t
+    return out
+
+
+SWAPS = {  # how the repository applies SN -> (its trainer, the trainer with gankern swapped in)
+    "parametrizations": lambda backend: (
+        dict(spectral_norm=torch_spectral_norm),
+        dict(spectral_norm=lambda m: gk.spectral_norm(m, impl=backend))),
+    "legacy hook": lambda backend: (
+        dict(spectral_norm=legacy_spectral_norm),
+        dict(spectral_norm=legacy_spectral_norm, convert=lambda d: gk.convert_spectral_norm(d, impl=backend))),
+}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sngan_trainer_with_gankern_swapped_in_equals_torch(backend):
+@pytest.mark.parametrize("swap", list(SWAPS))
+def test_sngan_trainer_with_gankern_swapped_in_equals_torch(swap, backend):
     # The Triton interpreter costs ~30 ms a kernel: a shorter run there, the same checks.
     g_steps, n_dis = (1, 2) if backend == "triton" and not torch.cuda.is_available() else (3, 5)
-    ref = train_sngan(torch_spectral_norm, g_steps, n_dis)
-    ours = train_sngan(lambda m: gk.spectral_norm(m, impl=backend), g_steps, n_dis)
+    theirs, swapped = SWAPS[swap](backend)
+    ref = train_sngan(g_steps=g_steps, n_dis=n_dis, **theirs)
+    ours = train_sngan(g_steps=g_steps, n_dis=n_dis, **swapped)
     tol = 1e-11  # float64 through a few dozen Adam steps
     for k, what in enumerate(("D", "G")):  # the whole trajectory: G's losses start near 0
         losses_r, losses_o = torch.stack([l[k] for l in ref[0]]), torch.stack([l[k] for l in ours[0]])
         assert rel_error(losses_o, losses_r) <= tol, f"{what} losses"
     for net in (1, 2):
-        sd_r, sd_o = ref[net].state_dict(), ours[net].state_dict()
-        assert list(sd_o) == list(sd_r)
+        sd_r, sd_o = parametrization_keys(ref[net].state_dict()), ours[net].state_dict()
+        assert sorted(sd_o) == sorted(sd_r)
         for key in sd_r:
             assert rel_error(sd_o[key], sd_r[key]) <= tol, key
     assert rel_error(ours[3], ref[3]) <= tol, "G samples"

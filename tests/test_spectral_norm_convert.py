@@ -1,7 +1,7 @@
 """gk.convert_spectral_norm: torch's parametrization SN and legacy hook SN -> gankern's, in place.
 
 The converted model keeps its weights and u/v tensors, so its outputs equal the original's;
-after conversion it keeps training like torch's parametrization.
+after conversion it keeps training like the original (legacy hook layers keep their v-first order).
 """
 
 import copy
@@ -62,15 +62,27 @@ def test_convert_legacy_hook(backend):
     u_before = model[0].weight_u
     gk.convert_spectral_norm(model, impl=backend)
     assert model[0].parametrizations.weight[0]._u is u_before
+    assert model[0].parametrizations.weight[0].legacy_order
     assert "0.parametrizations.weight.original" in model.state_dict()
     ref.eval()
     model.eval()
     with torch.no_grad():
         assert rel_error(model(x_in(1)), ref(x_in(1))) <= 1e-12
-    # and it trains: a training forward runs the power iteration and back-propagates
+    # Training on keeps the legacy order (v before u): outputs, gradients and u, v stay equal.
+    ref.train()
     model.train()
-    model(x_in(2)).sum().backward()
-    assert model[0].parametrizations.weight.original.grad is not None
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (ref, model)]
+    for step in range(3):
+        ys = [m(x_in(2 + step)) for m in (ref, model)]
+        assert rel_error(ys[1], ys[0]) <= 1e-12, f"step {step}"
+        for y, opt in zip(ys, opts):
+            opt.zero_grad()
+            y.square().sum().backward()
+            opt.step()
+        for i in (0, 2, 4):
+            sn = model[i].parametrizations.weight[0]
+            assert rel_error(sn._u, ref[i].weight_u) <= 1e-12 and rel_error(sn._v, ref[i].weight_v) <= 1e-12
+            assert rel_error(model[i].parametrizations.weight.original, ref[i].weight_orig) <= 1e-12
 
 
 def test_convert_bad_input():

@@ -35,8 +35,8 @@ from torch.nn.utils import parametrize
 
 from .. import _backend
 from ..ops import spectral_norm as sn_ops
-from ..ops.spectral_norm.reference import (power_iteration_reference_, spectral_norm_reference,
-                                           to_matrix)
+from ..ops.spectral_norm.reference import (legacy_power_iteration_reference_, power_iteration_reference_,
+                                           sigma_reference, spectral_norm_reference, to_matrix)
 
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 WARMUP_ITERATIONS = 15  # torch's
@@ -78,7 +78,11 @@ class SpectralNorm(nn.Module):
     """The parametrization: weight -> weight / sigma(weight), sigma by power iteration.
 
     Same constructor arguments, buffers and behaviour as torch's _SpectralNorm, plus impl.
+    legacy_order (set by convert_spectral_norm for layers of the legacy hook): a training
+    forward updates v before u, as torch.nn.utils.spectral_norm does.
     """
+
+    legacy_order = False  # a class default: modules pickled before it existed read False
 
     def __init__(self, weight: torch.Tensor, n_power_iterations: int = 1, dim: int = 0,
                  eps: float = 1e-12, impl: str = "auto") -> None:
@@ -116,12 +120,14 @@ class SpectralNorm(nn.Module):
 
     @classmethod
     def from_state(cls, dim: int, eps: float, n_power_iterations: int, u, v, training: bool,
-                   impl: str = "auto") -> "SpectralNorm":
+                   impl: str = "auto", legacy_order: bool = False) -> "SpectralNorm":
         """A parametrization around existing u/v buffers (kept, not copied): no RNG, no warm-up."""
         n_power_iterations, eps = _check_options(n_power_iterations, eps, impl)
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         self.dim, self.eps, self.impl, self._plan = _as_int(dim, "dim"), eps, impl, None
+        if legacy_order:
+            self.legacy_order = True
         if u is not None:
             self.n_power_iterations = n_power_iterations
             self.register_buffer("_u", u)
@@ -152,6 +158,8 @@ class SpectralNorm(nn.Module):
         backend = self._backend_for(weight)
         buffers = self._buffers  # not self._u: nn.Module.__getattr__ costs ~1 us a lookup
         u, v = buffers["_u"], buffers["_v"]
+        if self.legacy_order and self.training:
+            return self._legacy_train_forward(weight, u, v, backend)
         if backend == "reference":
             return spectral_norm_reference(weight, u, v, self.dim, self.n_power_iterations, self.eps,
                                            self.training)
@@ -165,12 +173,27 @@ class SpectralNorm(nn.Module):
         return sn_ops.train_forward(weight, u, v, self.dim, self.n_power_iterations, self.eps,
                                     backend, plan)
 
+    def _legacy_train_forward(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                              backend: str) -> torch.Tensor:
+        """torch.nn.utils.spectral_norm's training forward: v = normalize(W^T u), then
+        u = normalize(W v), n times. The fused kernel iterates u first, so these iterations run
+        as torch ops on every backend; sigma, W/sigma and the backward are the fused ones."""
+        legacy_power_iteration_reference_(to_matrix(weight.detach(), self.dim), u, v,
+                                          self.n_power_iterations, self.eps)
+        u = u.clone(memory_format=torch.contiguous_format)
+        v = v.clone(memory_format=torch.contiguous_format)
+        if backend == "reference":
+            return weight / sigma_reference(to_matrix(weight, self.dim), u, v)
+        return sn_ops.normalize(weight, u, v, sn_ops.sigma(weight, u, v, self.dim, backend), self.dim,
+                                backend)
+
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         return value
 
     def extra_repr(self) -> str:
         n = getattr(self, "n_power_iterations", None)
-        return f"dim={self.dim}, n_power_iterations={n}, eps={self.eps}, impl={self.impl!r}"
+        legacy = ", legacy_order=True" if self.legacy_order else ""
+        return f"dim={self.dim}, n_power_iterations={n}, eps={self.eps}, impl={self.impl!r}{legacy}"
 
     # The plan holds launchers bound to this module's storage (validated shapes and pointers):
     # a copy (an EMA of D) or an unpickled module starts without one.
@@ -291,8 +314,9 @@ def convert_spectral_norm(model: nn.Module, impl: str = "auto") -> nn.Module:
     keys stay the same) and the legacy hook torch.nn.utils.spectral_norm (`weight_orig`,
     `weight_u`, `weight_v` become the parametrization's `original`, `_u`, `_v`). The weights and
     the u/v vectors are kept (the same tensors), so outputs before and after are equal.
-    Note: legacy hook SN updates v before u in training; after conversion the update order is
-    the parametrization's (u first), as in torch's own parametrization.
+    Legacy hook layers keep the legacy update order (v before u in training), so a converted
+    model trains exactly like the original, checkpoints aside: it saves the parametrization's
+    keys, and still loads the legacy ones.
     """
     from torch.nn.utils.parametrizations import _SpectralNorm as TorchSN
     from torch.nn.utils.spectral_norm import SpectralNorm as LegacySN
@@ -318,7 +342,8 @@ def convert_spectral_norm(model: nn.Module, impl: str = "auto") -> nn.Module:
             if isinstance(hook, LegacySN):
                 sn = SpectralNorm.from_state(hook.dim, hook.eps, hook.n_power_iterations,
                                              module._buffers[hook.name + "_u"],
-                                             module._buffers[hook.name + "_v"], module.training, impl)
+                                             module._buffers[hook.name + "_v"], module.training, impl,
+                                             legacy_order=True)
                 _resolve(impl, module._parameters[hook.name + "_orig"])
                 legacy.append((module, key, hook, sn))
     for module, name, plist, j, sn in replacements:

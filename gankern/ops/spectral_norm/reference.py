@@ -39,6 +39,16 @@ def power_iteration_reference_(weight_mat: torch.Tensor, u: torch.Tensor, v: tor
         F.normalize(torch.mv(weight_mat.H, u), dim=0, eps=eps, out=v)
 
 
+@torch.no_grad()
+def legacy_power_iteration_reference_(weight_mat: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                                      n_power_iterations: int, eps: float) -> None:
+    """torch.nn.utils.spectral_norm's (the legacy hook's) order: v = normalize(W^T u) first,
+    then u = normalize(W v), n times, in place."""
+    for _ in range(n_power_iterations):
+        F.normalize(torch.mv(weight_mat.t(), u), dim=0, eps=eps, out=v)
+        F.normalize(torch.mv(weight_mat, v), dim=0, eps=eps, out=u)
+
+
 def sigma_reference(weight_mat: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """sigma = u^T W v, differentiable in W (u and v are constants)."""
     return torch.vdot(u, torch.mv(weight_mat, v))
