@@ -76,6 +76,8 @@ def ema_update_(shadow, params, weight, impl: str = "auto") -> None:
     CUDA graph. One launch per (shadow dtype, param dtype) group; a float32 shadow of bf16/fp16
     params is updated in one pass, reading the params upcast.
     """
+    if _native_fast_path(shadow, params, weight, impl):
+        return
     shadow = check_tensor_list(shadow, "shadow")
     params = check_tensor_list(params, "params")
     check_not_empty_and_writable(shadow, params)
@@ -103,6 +105,27 @@ def ema_update_(shadow, params, weight, impl: str = "auto") -> None:
     # the op's declared mutation would move them.
     _ema_update_impl(shadow, params, w, w_tensor, backend)
     torch.autograd.graph.increment_version(shadow)
+
+
+def _native_fast_path(shadow, params, weight, impl: str) -> bool:
+    """Run an eager call whose lists pass _native.ema_fast_groups (the checks below, in one
+    pass) on the native backend it resolves to; False, having changed nothing, for anything
+    else, which then takes the full path and its error messages."""
+    if type(shadow) not in (list, tuple) or type(params) not in (list, tuple) or torch.compiler.is_compiling():
+        return False
+    fast = _native.ema_fast_groups(shadow, params, torch.is_grad_enabled())
+    if fast is None:
+        return False
+    device, groups = fast
+    _native._check_ema_weight(weight, shadow)
+    backend = _backend.resolve(impl, device, IMPLEMENTED, op="ema_update_")
+    if backend not in ("cpu", "cuda", "cuda_sim"):
+        return False
+    if isinstance(weight, torch.Tensor) and weight.device.type == "cpu" and device.type == "cuda":
+        weight = float(weight)  # a CPU scalar costs no device sync
+    _native._ema_launch(device, groups, weight, backend)
+    torch.autograd.graph.increment_version(shadow)
+    return True
 
 
 class PlannedEmaUpdate:
