@@ -7,9 +7,9 @@ its final state and per-step logs to OUT/<case>.w<N>.rank<r>.pt (4 ranks for the
 (OUT/<case>.single.pt), the reference the test compares against. Ranks seed their RNGs
 differently on purpose: what makes them equal must be the trainer (DDP's broadcast), not luck.
 
-Cases: GANTrainer with each regularizer kind (WGAN-GP, R1, R2, DRAGAN, lazy every=k), SN on D,
-EMA, instance noise, d_l2, n_critic, unrolled D steps, in float64; bf16 autocast and fp16
-autocast with GradScaler in float32; a hand-written DistributedDataParallel loop with default
+Cases: GANTrainer with each regularizer kind (WGAN-GP, R1, R2, R1+R2, DRAGAN, lazy every=k),
+SN on D, EMA, instance noise, d_l2, n_critic, unrolled D steps, in float64; bf16 autocast and
+fp16 autocast with GradScaler in float32; a hand-written DistributedDataParallel loop with default
 options (conv D, R1 through the wrapper, SGD), with micro-batches accumulated under no_sync and
 with gk.spectral_norm; a NaN in one rank's batch.
 """
@@ -38,6 +38,7 @@ CASES = {
                                        ema=0.8)),
     "dragan-lazy": (torch.float64, dict(loss="lsgan", reg=gk.train.DRAGAN(5.0, every=3), d_l2=1e-3,
                                         ema=None)),
+    "r1r2-rsgan": (torch.float64, dict(loss="rsgan", reg=gk.train.R1R2(1.0), ema=0.9)),
     "hinge-unrolled": (torch.float64, dict(loss="hinge", reg=gk.train.R1(1.0), unrolled=2, ema=None)),
     "r1-bf16": (torch.float32, dict(loss="hinge", reg=gk.train.R1(1.0), amp="bf16", ema=0.9)),
     "r1-fp16": (torch.float32, dict(loss="hinge", reg=gk.train.R1(1.0), amp="fp16", ema=0.9)),

@@ -107,7 +107,7 @@ def test_cases_cover_every_regularizer_and_option():
     import gankern as gk
 
     kinds = {type(kw["reg"]).__name__ for _, kw in CASES.values()}
-    assert kinds >= {"WGANGP", "R1", "R2", "DRAGAN"}
+    assert kinds >= {"WGANGP", "R1", "R2", "R1R2", "DRAGAN"}
     assert any(kw["reg"].every > 1 for _, kw in CASES.values())
     for option in ("spectral_norm", "amp", "instance_noise", "d_l2", "unrolled"):
         assert any(kw.get(option) for _, kw in CASES.values()), option
