@@ -3,7 +3,7 @@
 # through the fused ops, on the CPU by default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
+bash scripts/setup_env.sh run   # runtime requirements only: no triton or test tools
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m gankern info
