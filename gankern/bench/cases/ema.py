@@ -102,6 +102,7 @@ def make_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.devic
             continue
         shadow = fresh()
         impls.append(Impl(label, run=lambda s=shadow, b=backend: (ema_update_(s, params, weight, impl=b), s)[1]))
+    impls.append(_gk_ema_impl(shadow0, params))
 
     def foreach(s, p):
         torch._foreach_lerp_(s, [x.float() for x in p] if mixed else p, weight)
@@ -137,6 +138,25 @@ def make_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.devic
                 bytes_moved=bytes_moved, flops=3 * total,
                 params={"model": model, "tensors": len(shapes), "numel": total,
                         "param_dtype": str(param_dtype), "shadow_dtype": "torch.float32", "decay": DECAY})
+
+
+def _gk_ema_impl(shadow0: list[torch.Tensor], params: list[torch.Tensor]) -> Impl:
+    """gk.EMA(model).update(): the module API a trainer calls, over a model holding params
+    (its planned update, checks paid once, plus the per-step decay and buffer bookkeeping)."""
+    from ...nn.ema import EMA
+
+    model = torch.nn.Module()
+    model.weights = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in params])
+    ema = EMA(model, decay=DECAY, impl="auto")
+    with torch.no_grad():
+        for dst, src in zip(ema.module.parameters(), shadow0):
+            dst.copy_(src)
+
+    def run():
+        ema.update()
+        return list(ema.module.parameters())
+
+    return Impl("gk.EMA.update", run=run)
 
 
 def _ema_pytorch_impl(shadow: list[torch.Tensor], params: list[torch.Tensor], mixed: bool) -> Impl:
