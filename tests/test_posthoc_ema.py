@@ -226,6 +226,19 @@ def test_snapshots_are_atomic_and_a_failed_write_keeps_earlier_ones(tmp_path, mo
     assert ph.synthesize(0.1, as_state_dict=True)["0.weight"].shape == (9, 3)
 
 
+def test_only_rank_zero_writes_snapshots(tmp_path, monkeypatch):
+    # Under torchrun every rank runs the same updates; rank 1 must leave the files to rank 0.
+    model = make_model()
+    ph = gk.PostHocEMA(model, sigma_rels=(0.05, 0.10), snapshot_every=5, out_dir=tmp_path)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    run([ph], model, 5)
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    run([ph], model, 5, start=5)
+    assert os.listdir(tmp_path) == ["ema-snapshot-0000000010.pt"]
+
+
 def _cli(argv):
     parser = argparse.ArgumentParser()
     posthoc_ema_cli.configure(parser)

@@ -164,11 +164,11 @@ class PostHocEMA(nn.Module):
 
     def snapshot(self) -> None:
         """Save the K profiles now (automatic every snapshot_every updates)."""
-        record = self._snapshot_record()
         if self.out_dir is None:
-            self.snapshots.append(record)
-        else:
-            atomic_torch_save(record, os.path.join(self.out_dir, f"ema-snapshot-{self.step:010d}.pt"))
+            self.snapshots.append(self._snapshot_record())
+        elif _writes_files():
+            atomic_torch_save(self._snapshot_record(),
+                              os.path.join(self.out_dir, f"ema-snapshot-{self.step:010d}.pt"))
 
     def _records(self):
         return list(self.snapshots) if self.out_dir is None else snapshot_paths(self.out_dir)
@@ -227,6 +227,13 @@ def atomic_torch_save(obj, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _writes_files() -> bool:
+    """Under torch.distributed every rank holds the same EMA (DDP keeps G equal on all ranks), so
+    only rank 0 writes: N ranks renaming over the same snapshot file would race for nothing."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def snapshot_paths(run_dir) -> list[str]:
