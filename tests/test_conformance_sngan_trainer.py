@@ -118,7 +118,8 @@ SWAPS = {  # how the repository applies SN -> (its trainer, the trainer with gan
         dict(spectral_norm=lambda m: gk.spectral_norm(m, impl=backend))),
     "legacy hook": lambda backend: (
         dict(spectral_norm=legacy_spectral_norm),
-        dict(spectral_norm=legacy_spectral_norm, convert=lambda d: gk.convert_spectral_norm(d, impl=backend))),
+        dict(spectral_norm=legacy_spectral_norm,
+             convert=lambda d: gk.convert_spectral_norm(d, impl=backend))),
 }
 
 

@@ -5,6 +5,7 @@ from . import ema_schedules
 from .bias_act import BiasAct, DeferredBiasAct, FuseReport, fuse_bias_act
 from .ema import EMA
 from .posthoc_ema import PostHocEMA
-from .spectral_norm import SpectralNorm, convert_spectral_norm, spectral_norm
+from .spectral_norm import SpectralNorm, spectral_norm
+from .spectral_norm_convert import convert_spectral_norm
 
 __all__ = ["BiasAct", "DeferredBiasAct", "FuseReport", "fuse_bias_act", "EMA", "PostHocEMA", "ema_schedules", "SpectralNorm", "convert_spectral_norm", "spectral_norm"]

@@ -1,4 +1,5 @@
-"""gk.spectral_norm and gk.convert_spectral_norm: a drop-in for torch's spectral norm, fused.
+"""gk.spectral_norm: a drop-in for torch's spectral norm, fused (the converter from torch's own
+lives in spectral_norm_convert.py).
 
 Why a parametrization of our own instead of torch's: torch.nn.utils.parametrizations.spectral_norm
 spends about a dozen small kernels per layer per training forward (two mat-vecs, two
@@ -105,7 +106,7 @@ class SpectralNorm(nn.Module):
         self.eps = eps
         self.impl = impl
         # Resolve now so an unavailable explicit impl fails at registration, not mid-training.
-        _resolve(impl, weight)
+        resolve_backend(impl, weight)
         self._plan = None  # _native.SnPlan of the training forward, made on first use
         if ndim > 1:
             self.n_power_iterations = n_power_iterations
@@ -137,7 +138,7 @@ class SpectralNorm(nn.Module):
 
     # -- backend ------------------------------------------------------------------------------
     def _backend_for(self, weight: torch.Tensor) -> str:
-        return _resolve(self.impl, weight)
+        return resolve_backend(self.impl, weight)
 
     @torch.no_grad()
     def _power_method(self, weight: torch.Tensor, n_power_iterations: int):
@@ -212,7 +213,7 @@ class SpectralNorm(nn.Module):
         return state
 
 
-def _resolve(impl: str, weight: torch.Tensor) -> str:
+def resolve_backend(impl: str, weight: torch.Tensor) -> str:
     """The backend of a forward. Complex weights run on the reference backend (torch's math):
     "auto" (and GANKERN_IMPL) means reference for them, an explicit fused backend is refused."""
     if weight.is_complex():
@@ -267,13 +268,13 @@ def _derive_legacy_v(weight_orig: torch.Tensor, weight_sn: torch.Tensor, u: torc
     return (x * (sigma / torch.dot(u64, w @ x))).to(u.dtype)
 
 
-def _register(module: nn.Module, name: str, sn: SpectralNorm, unsafe: bool = False) -> None:
+def register_spectral_norm(module: nn.Module, name: str, sn: SpectralNorm, unsafe: bool = False) -> None:
     """Register `sn` on module.<name>, with the legacy-checkpoint pre-hook."""
     parametrize.register_parametrization(module, name, sn, unsafe=unsafe)
-    _accept_legacy_checkpoints(module, name)
+    accept_legacy_checkpoints(module, name)
 
 
-def _accept_legacy_checkpoints(module: nn.Module, name: str) -> None:
+def accept_legacy_checkpoints(module: nn.Module, name: str) -> None:
     for h in module._load_state_dict_pre_hooks.values():
         target = getattr(h, "hook", h)  # torch wraps hooks registered with the module
         if isinstance(target, _LegacyCheckpointKeys) and target.name == name:
@@ -303,71 +304,5 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
         raise ValueError(f"name: module {type(module).__name__} has no parameter or buffer named {name!r}")
     if dim is None:
         dim = 1 if isinstance(module, _CONV_TRANSPOSE) else 0
-    _register(module, name, SpectralNorm(weight, n_power_iterations, dim, eps, impl))
+    register_spectral_norm(module, name, SpectralNorm(weight, n_power_iterations, dim, eps, impl))
     return module
-
-
-def convert_spectral_norm(model: nn.Module, impl: str = "auto") -> nn.Module:
-    """Replace torch's spectral norm in `model` by gankern's, in place; returns model.
-
-    Converts torch.nn.utils.parametrizations.spectral_norm (the parametrization: state_dict
-    keys stay the same) and the legacy hook torch.nn.utils.spectral_norm (`weight_orig`,
-    `weight_u`, `weight_v` become the parametrization's `original`, `_u`, `_v`). The weights and
-    the u/v vectors are kept (the same tensors), so outputs before and after are equal.
-    Legacy hook layers keep the legacy update order (v before u in training), so a converted
-    model trains exactly like the original, checkpoints aside: it saves the parametrization's
-    keys, and still loads the legacy ones.
-    """
-    from torch.nn.utils.parametrizations import _SpectralNorm as TorchSN
-    from torch.nn.utils.spectral_norm import SpectralNorm as LegacySN
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(impl, str):
-        raise TypeError(f"impl must be a str, got {type(impl).__name__}")
-    # Every replacement is built (and its impl resolved for its weight) before any is made:
-    # a bad impl or option raises with the model unchanged.
-    replacements, legacy = [], []
-    for module in model.modules():
-        if parametrize.is_parametrized(module):
-            for name, plist in module.parametrizations.items():
-                for j, p in enumerate(plist):
-                    if isinstance(p, TorchSN):
-                        sn = SpectralNorm.from_state(
-                            p.dim, p.eps, getattr(p, "n_power_iterations", 1),
-                            p._buffers.get("_u"), p._buffers.get("_v"), p.training, impl)
-                        _resolve(impl, plist.original)
-                        replacements.append((module, name, plist, j, sn))
-        for key, hook in module._forward_pre_hooks.items():
-            if isinstance(hook, LegacySN):
-                sn = SpectralNorm.from_state(hook.dim, hook.eps, hook.n_power_iterations,
-                                             module._buffers[hook.name + "_u"],
-                                             module._buffers[hook.name + "_v"], module.training, impl,
-                                             legacy_order=True)
-                _resolve(impl, module._parameters[hook.name + "_orig"])
-                legacy.append((module, key, hook, sn))
-    for module, name, plist, j, sn in replacements:
-        plist[j] = sn
-        _accept_legacy_checkpoints(module, name)
-    for module, key, hook, sn in legacy:
-        _convert_legacy(module, key, hook, sn)
-    return model
-
-
-def _convert_legacy(module: nn.Module, key, hook, sn: SpectralNorm) -> None:
-    name = hook.name
-    original = module._parameters[name + "_orig"]
-    del module._forward_pre_hooks[key]
-    # The legacy state_dict hooks rename keys for the hook layout; they go with the hook.
-    for hooks in (module._state_dict_hooks, module._load_state_dict_pre_hooks):
-        for k, h in list(hooks.items()):
-            target = getattr(h, "hook", h)
-            if getattr(target, "fn", None) is hook:
-                del hooks[k]
-    delattr(module, name)
-    del module._parameters[name + "_orig"]
-    del module._buffers[name + "_u"]
-    del module._buffers[name + "_v"]
-    module.register_parameter(name, original)
-    # unsafe: the consistency check would run a training forward, i.e. one more power iteration.
-    _register(module, name, sn, unsafe=True)

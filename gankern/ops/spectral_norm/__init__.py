@@ -277,5 +277,5 @@ def normalize(weight, u, v, sigma: Optional[torch.Tensor], dim: int, backend: st
     return _EagerNormalize.apply(weight, u, v, sigma, dim, backend)
 
 
-__all__ = ["IMPLEMENTED", "eval_forward", "matrix_dims", "native_plan", "normalize", "power_iteration_", "sigma",
-           "train_forward"]
+__all__ = ["IMPLEMENTED", "eval_forward", "matrix_dims", "native_plan", "normalize", "power_iteration_",
+           "sigma", "train_forward"]
