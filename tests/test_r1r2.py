@@ -142,3 +142,42 @@ def test_lazy_r1r2_in_a_trainer_equals_lazy_r1_and_r2():
     for p, q in zip(list(one.D.parameters()) + list(one.G.parameters()),
                     list(two.D.parameters()) + list(two.G.parameters())):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_demo_recipe_r1r2_runs(tmp_path, capsys, monkeypatch):
+    """`gankern demo --reg r1+r2`: the ring with rsgan loss + lazy R1R2 + SN + EMA (tiny run;
+    the full recipe's quality is measured in the README)."""
+    from gankern.cli import main
+
+    seen = []
+    fit = GANTrainer.fit
+    monkeypatch.setattr(GANTrainer, "fit", lambda self, *a, **k: (seen.append(self), fit(self, *a, **k))[1])
+    assert main(["demo", "--steps", "3", "--reg", "r1+r2", "--out", str(tmp_path / "d.png"), "--quiet"]) == 0
+    assert "modes covered" in capsys.readouterr().out
+    (t,) = seen
+    assert t.loss == "rsgan" and isinstance(t.regs[0], R1R2) and t.regs[0].every > 1 and t.spectral_norm
+    assert main(["demo", "--reg", "r1+r2", "--no-sn", "--steps", "3", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_relativistic_d_step_from_one_forward(impl):
+    """return_scores=True: R3GAN's D step (rsgan loss + R1 + R2) from the penalty's own forward
+    over cat([real, fake]) has the loss and parameter gradients of the step written out with
+    three forwards (loss, R1, R2) in float64."""
+    torch.manual_seed(2)
+    D = conv_d().double()
+    gen = torch.Generator().manual_seed(3)
+    real = torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64)
+    fake = torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64)
+    params = list(D.parameters())
+    gp, norms, scores = gk.gradient_penalty(D, real, fake, kind="r1+r2", weight=2.0, return_norms=True,
+                                            return_scores=True, impl=impl)
+    assert scores.shape == (8,) and norms.shape == (8,)
+    got = torch.nn.functional.softplus(scores[4:] - scores[:4]).mean() + gp
+    got_grads = torch.autograd.grad(got, params)
+    want = (torch.nn.functional.softplus(D(fake).squeeze(1) - D(real).squeeze(1)).mean()
+            + plain_r(D, real, 2.0) + plain_r(D, fake, 2.0))
+    want_grads = torch.autograd.grad(want, params)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)

@@ -32,6 +32,10 @@ RING = {
                        in_scale=20.0, lr_final=0.05),
     ("wgan-gp", True): dict(loss="wgan", gamma=1.0, n_critic=2, g_lr=4e-3, d_lr=1e-2, ema=0.99,
                             steps=5000, in_scale=20.0, lr_final=0.05),
+    # R3GAN-style (Huang et al. 2024): relativistic loss + R1 and R2 from one pass
+    # (gk.gradient_penalty kind="r1+r2"), lazy as the R1 recipe, otherwise the R1 recipe's settings.
+    ("r1+r2", True): dict(loss="rsgan", gamma=0.01, reg_every=16, g_lr=2e-3, d_lr=5e-3, ema=0.99,
+                          steps=4000, in_scale=20.0, lr_final=0.05),
     # --no-sn: the unconstrained-D recipes (no anneal; the EMA does the averaging).
     ("r1", False): dict(gamma=0.1, g_lr=2e-3, d_lr=2e-3, ema=0.995, steps=4000),
     ("wgan-gp", False): dict(loss="wgan", gamma=0.1, g_lr=2e-3, d_lr=2e-3, ema=0.995, steps=4000),
@@ -61,7 +65,8 @@ def configure(parser):
 
     parser.add_argument("--steps", type=int, default=None,
                         help="D steps (default: the recipe's; ring R1 4000, ring WGAN-GP 5000, grid 14000)")
-    parser.add_argument("--reg", default="r1", help="r1 (default) or wgan-gp")
+    parser.add_argument("--reg", default="r1", help="r1 (default), wgan-gp or r1+r2 (R3GAN-style, rsgan loss; "
+                                                    "ring with spectral norm only)")
     parser.add_argument("--data", default="ring", help="ring (default) or grid")
     parser.add_argument("--seed", type=int, default=0, help="seed of models, latents and data (default 0)")
     parser.add_argument("--sn", action=argparse.BooleanOptionalAction, default=True,
@@ -87,13 +92,15 @@ def main(args) -> int:
     from ..metrics import mode_metrics
     from .models import MLPDiscriminator, MLPGenerator
     from .pictures import save_scatter
-    from .regularizers import R1, WGANGP
+    from .regularizers import R1, R1R2, WGANGP
     from .trainer import GANTrainer, TrainingDiverged
 
     if args.steps is not None and args.steps < 1:
         return _error("--steps must be >= 1")
-    if args.reg not in ("r1", "wgan-gp"):
-        return _error(f"--reg must be r1 or wgan-gp, got {args.reg!r}")
+    if args.reg not in ("r1", "wgan-gp", "r1+r2"):
+        return _error(f"--reg must be r1, wgan-gp or r1+r2, got {args.reg!r}")
+    if args.reg == "r1+r2" and not (args.sn and args.data == "ring"):
+        return _error("--reg r1+r2 has a recipe for the ring with spectral norm only")
     if args.data not in ("ring", "grid"):
         return _error(f"--data must be ring or grid, got {args.data!r}")
     if args.threads < 1:
@@ -115,6 +122,8 @@ def main(args) -> int:
     D = MLPDiscriminator((2,), r["hidden"], r["layers"], in_scale=r["in_scale"]).to(device)
     if args.reg == "r1":
         reg = R1(gamma=r["gamma"], every=r["reg_every"])
+    elif args.reg == "r1+r2":
+        reg = R1R2(gamma=r["gamma"], every=r["reg_every"])
     else:
         reg = WGANGP(weight=r["gamma"], every=r["reg_every"])
     lr_decay = (int(steps * r["lr_decay_from"]), steps, r["lr_final"]) if r["lr_final"] else None

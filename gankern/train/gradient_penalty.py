@@ -127,6 +127,12 @@ def _check_output(out, x_hat, name="D"):
 
 def input_gradient(D: Callable, x_hat: torch.Tensor, scaler=None) -> torch.Tensor:
     """dD(x_hat)/dx_hat with create_graph=True, unscaled per the AMP recipe when scaler is given."""
+    return input_gradient_and_scores(D, x_hat, scaler)[0]
+
+
+def input_gradient_and_scores(D: Callable, x_hat: torch.Tensor, scaler=None):
+    """(dD(x_hat)/dx_hat, D(x_hat)): the scores keep their graph, so a loss on them reuses this
+    forward (R3GAN's loss and R1 + R2 are all taken at real and fake)."""
     x_hat = x_hat.detach().requires_grad_(True)
     with torch.enable_grad():
         out = D(x_hat)
@@ -139,13 +145,14 @@ def input_gradient(D: Callable, x_hat: torch.Tensor, scaler=None) -> torch.Tenso
             g = g * (1.0 / scaler.get_scale())
         else:
             (g,) = torch.autograd.grad(total, x_hat, create_graph=True)
-    return g
+    return g, out
 
 
 def gradient_penalty(D: Callable, real: torch.Tensor, fake: Optional[torch.Tensor] = None, *,
                      kind: str = "r1", weight: Optional[float] = None, center: Optional[float] = None,
                      alpha: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-                     scaler=None, return_norms: bool = False, impl: str = "auto"):
+                     scaler=None, return_norms: bool = False, return_scores: bool = False,
+                     impl: str = "auto"):
     """The gradient penalty of D at the point of `kind`; a scalar whose .backward() reaches D.
 
     kind: "wgan-gp" (x_hat = real + alpha*(fake-real), weight*mean((n-1)^2), weight 10),
@@ -164,6 +171,12 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: Optional[torch.Tenso
     D is called as D(x_hat) and must return one score per sample: (B,), (B, 1) or (B, 1, ..., 1).
     A conditional D takes its condition through a closure: gradient_penalty(lambda x: D(x, y),
     real, fake) (the penalty differentiates with respect to x only; y is the labels of the batch).
+    return_scores=True also returns D(x_hat), flattened to (B,) ((2B,) for r1+r2, real first)
+    with its graph: a loss on these scores reuses the penalty's forward, so with kind="r1+r2" a
+    relativistic D step costs ONE forward of D over cat([real, fake]) for loss, R1 and R2:
+        gp, s = gradient_penalty(D, real, fake, kind="r1+r2", weight=g, return_scores=True)
+        d_loss = F.softplus(s[B:] - s[:B]).mean() + gp
+    Return order: penalty, then norms (if asked), then scores (if asked).
     real and fake are detached: the penalty regularizes D, never G.
     """
     _check_inputs(real, fake, kind, alpha, generator, scaler, weight, center)
@@ -179,6 +192,7 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: Optional[torch.Tenso
 
     backend = resolve_backend(impl, real.device)  # raises before D runs if impl is unusable
     x_hat = penalty_point(real, fake, kind, alpha, generator)
-    g = input_gradient(D, x_hat, scaler)
+    g, scores = input_gradient_and_scores(D, x_hat, scaler)
     penalty, n = norm_penalty(g, c, factor, impl=backend)
-    return (penalty, n.detach()) if return_norms else penalty
+    out = (penalty,) + ((n.detach(),) if return_norms else ()) + ((scores.reshape(-1),) if return_scores else ())
+    return out if len(out) > 1 else penalty

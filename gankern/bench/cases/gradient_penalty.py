@@ -10,6 +10,12 @@ both plain nn.Sequential as people write them. Compared on identical weights and
   gankern[b] GP only   gk.gradient_penalty(impl=b) on the unfused D: what the penalty op alone buys
 Each result (every D parameter gradient and the loss) is checked against the same step run
 in float64 before it is timed. fp32 and bf16 autocast.
+
+R1 + R2 (R3GAN, issue 17): the D step (rsgan loss + both zero-centered penalties), timed on the
+same weights as two separate penalties (two D forwards, two double backwards; the baseline, as
+gankern[b] r1 + r2 and as the hand-written torch recipe), as gk.gradient_penalty(kind="r1+r2")
+(one forward over cat([real, fake]), one double backward), and with the loss taken from that
+forward's scores too (return_scores=True: one D forward in all). Goal: >= 1.3x over two penalties.
 """
 
 from __future__ import annotations
@@ -120,6 +126,79 @@ def make_case(name, factory, res, batch, kind, device, autocast, seed=0) -> Case
                 params={"model": name, "kind": kind, "batch": batch, "resolution": res, "precision": label})
 
 
+def make_r1r2_case(name, factory, res, batch, device, seed=0, gamma=10.0) -> Case:
+    """D step = relativistic loss (R3GAN's) + R1 + R2 + backward, fp32."""
+    torch.manual_seed(seed)
+    base = factory().to(device)
+    gen = torch.Generator().manual_seed(seed + 1)
+    real = torch.randn(batch, 3, res, res, generator=gen).to(device)
+    fake = torch.randn(batch, 3, res, res, generator=gen).to(device)
+
+    def loss_of(D, r, f):
+        return F.softplus(-(D(r) - D(f))).mean()
+
+    def plain_r(D, x):
+        x = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+        return gamma / 2 * g.flatten(1).pow(2).sum(1).mean()
+
+    def step(D, penalty):
+        params = list(D.parameters())
+
+        def run():
+            D.zero_grad(set_to_none=True)
+            loss = loss_of(D, real, fake) + penalty(D)
+            loss.backward()
+            return [loss.detach()] + [p.grad for p in params]
+        return run
+
+    def one_forward_step(D, backend):
+        """The loss from the penalty's own scores (return_scores): one D forward in all."""
+        params = list(D.parameters())
+
+        def run():
+            D.zero_grad(set_to_none=True)
+            gp, s = gradient_penalty(D, real, fake, kind="r1+r2", weight=gamma, return_scores=True, impl=backend)
+            loss = F.softplus(-(s[:batch] - s[batch:])).mean() + gp
+            loss.backward()
+            return [loss.detach()] + [p.grad for p in params]
+        return run
+
+    ref = {}
+
+    def reference():
+        if "out" not in ref:
+            D64 = copy.deepcopy(base).double()
+            r64, f64 = real.double(), fake.double()
+            D64.zero_grad(set_to_none=True)
+            loss = loss_of(D64, r64, f64) + plain_r(D64, r64) + plain_r(D64, f64)
+            loss.backward()
+            ref["out"] = [loss.detach()] + [p.grad for p in D64.parameters()]
+        return ref["out"]
+
+    impls = [Impl("torch R1 + R2 (two passes)", run=step(copy.deepcopy(base), lambda D: plain_r(D, real) + plain_r(D, fake)))]
+    for backend in _backend.available(IMPLEMENTED, device):
+        if backend == "reference" or (backend == "triton" and device.type == "cpu"):
+            continue
+
+        def two(D, b=backend):
+            return (gradient_penalty(D, real, kind="r1", weight=gamma, impl=b)
+                    + gradient_penalty(D, real, fake, kind="r2", weight=gamma, impl=b))
+
+        def one(D, b=backend):
+            return gradient_penalty(D, real, fake, kind="r1+r2", weight=gamma, impl=b)
+
+        impls.append(Impl(f"gankern[{backend}] r1 + r2 (two passes)", run=step(copy.deepcopy(base), two),
+                          is_baseline=not any(i.is_baseline for i in impls)))
+        impls.append(Impl(f"gankern[{backend}] r1+r2 (one pass)", run=step(copy.deepcopy(base), one)))
+        impls.append(Impl(f"gankern[{backend}] r1+r2 + loss, one forward", run=one_forward_step(copy.deepcopy(base), backend)))
+    if not any(i.is_baseline for i in impls):
+        impls[0].is_baseline = True
+    return Case(op="gradient_penalty", name=f"{name} D step + R1+R2 (rsgan), fp32, batch {batch}", impls=impls,
+                error=lambda out: rel_error(out, reference()), tolerance=1e-3,
+                params={"model": name, "kind": "r1+r2", "batch": batch, "resolution": res, "precision": "fp32"})
+
+
 def _bf16_autocast_ok(device: torch.device) -> bool:
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -141,4 +220,6 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
         for kind in ("wgan-gp", "r1"):
             out.append(make_case("DCGAN-64", dcgan_d64, 64, batch, kind, device, autocast))
             out.append(make_case("SNGAN-CNN-32", sngan_cnn_d32, 32, batch, kind, device, autocast, seed=5))
+    out.append(make_r1r2_case("DCGAN-64", dcgan_d64, 64, batch, device))
+    out.append(make_r1r2_case("SNGAN-CNN-32", sngan_cnn_d32, 32, batch, device, seed=5))
     return out
