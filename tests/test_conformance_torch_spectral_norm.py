@@ -235,6 +235,22 @@ def test_parametrize_cached_behaves_like_torch(backend):
         assert_same_state(theirs, ours, f"{mode}: buffers after cached()")
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b not in INTERPRETED and b != "reference"])
+def test_compiled_eval_follows_writes(backend):
+    # Under torch.compile the eval forward is a graph of custom ops: it reads W, u and v as
+    # inputs on every call, so writes through .data show there too.
+    theirs, ours = twins(lambda: nn.Linear(5, 4), backend)
+    theirs.eval(), ours.eval()
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    x = randn(3, 5, seed=0)
+    for step in range(2):
+        with torch.no_grad():
+            assert_same(compiled(x), theirs(x), f"compiled eval, step {step}")
+        for m in (theirs, ours):
+            original(m).data.add_(0.5)
+            sn_of(m)._u.data.mul_(-1.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Layers, dims, state_dict, train/eval sequences
 # ----------------------------------------------------------------------------------------------
