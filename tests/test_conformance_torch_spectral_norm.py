@@ -235,6 +235,16 @@ def test_parametrize_cached_behaves_like_torch(backend):
         assert_same_state(theirs, ours, f"{mode}: buffers after cached()")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_through_an_eval_module(backend):
+    # gradcheck perturbs its input in place, element by element, between calls: a cache would
+    # hand back the unperturbed W/sigma and fail the numerical Jacobian.
+    _, ours = twins(lambda: nn.Linear(3, 2), backend)
+    sn = sn_of(ours).eval()
+    w = original(ours).detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(sn, (w,))
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b not in INTERPRETED and b != "reference"])
 def test_compiled_eval_follows_writes(backend):
     # Under torch.compile the eval forward is a graph of custom ops: it reads W, u and v as
