@@ -62,16 +62,25 @@ __device__ A block_sum(A v) {
 }
 
 // t[i] = sum_k W(i, k) x[k], W(i, a*B + b) at (a*M + i)*B + b. One block per row.
+// The threads stride over all K = Aa*B columns of the row, not over b within each a: for a
+// dim=1 weight (ConvTranspose, B = kh*kw = 9 or 16) a loop over b kept 9-16 of 256 threads
+// busy. (a, b) advance by (blockDim / B, blockDim % B) with a carry: no divide per element.
 template <typename T, typename X, typename A>
 __global__ void rows_dot(const T* __restrict__ w, const X* __restrict__ x, int64_t Aa, int64_t M,
                          int64_t B, A* __restrict__ t) {
   const int64_t i = blockIdx.x;
+  const int64_t K = Aa * B;
+  const int64_t da = blockDim.x / B, db = blockDim.x - da * B;
+  int64_t a = threadIdx.x / B, b = threadIdx.x - (threadIdx.x / B) * B;
   A acc = A(0);
-  for (int64_t a = 0; a < Aa; ++a) {
-    const T* row = w + (a * M + i) * B;
-    const X* xa = x + a * B;
-    for (int64_t b = threadIdx.x; b < B; b += blockDim.x)
-      acc += A(Convert<T>::load(row[b])) * A(Convert<X>::load(xa[b]));
+  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+    acc += A(Convert<T>::load(w[(a * M + i) * B + b])) * A(Convert<X>::load(x[k]));
+    a += da;
+    b += db;
+    if (b >= B) {
+      b -= B;
+      ++a;
+    }
   }
   acc = block_sum(acc);
   if (threadIdx.x == 0) t[i] = acc;
