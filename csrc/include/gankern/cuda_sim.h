@@ -466,15 +466,28 @@ GK_SIM_NO_TSAN inline void run_grid(dim3 grid, dim3 block, size_t smem, size_t p
     return;
   }
   if (!own) own = std::make_unique<Worker>();
-  std::vector<std::thread> extra;
+  // Extra workers are borrowed from a pool, so their fiber stacks (and TSan fibers) are made
+  // once, not per launch; their OS threads live for one launch.
+  static std::mutex pool_mu;
+  static std::vector<std::unique_ptr<Worker>> pool;
   std::vector<std::unique_ptr<Worker>> extra_workers;
+  {
+    std::lock_guard<std::mutex> lock(pool_mu);
+    for (uint64_t i = 1; i < n_workers; ++i) {
+      if (pool.empty()) pool.push_back(std::make_unique<Worker>());
+      extra_workers.push_back(std::move(pool.back()));
+      pool.pop_back();
+    }
+  }
+  std::vector<std::thread> extra;
   for (uint64_t i = 1; i < n_workers; ++i) {
-    extra_workers.push_back(std::make_unique<Worker>());
-    Worker* w = extra_workers.back().get();
+    Worker* w = extra_workers[i - 1].get();
     extra.emplace_back([&, w, i] { run_share(*w, i, n_workers); });
   }
   run_share(*own, 0, n_workers);
   for (auto& t : extra) t.join();
+  std::lock_guard<std::mutex> lock(pool_mu);
+  for (auto& w : extra_workers) pool.push_back(std::move(w));
 }
 
 // ---- warp intrinsics ---------------------------------------------------------------------------
