@@ -67,6 +67,11 @@ def main(argv=None) -> int:
     ap.add_argument("--sanitize", choices=("address", "thread"), default=None)
     args = ap.parse_args(argv)
     root = os.path.abspath(args.root)
+    if args.sanitize and os.path.exists(os.path.join(root, ".git")):
+        # A sanitized module in a working tree kills every process that imports it without the
+        # sanitizer runtime preloaded (any pytest run there): build in a copy, as
+        # scripts/sanitize_cuda_sim.sh does.
+        sys.exit(f"refusing a --sanitize build inside the git checkout {root}: use --root on a copy")
     build_dir = os.path.abspath(args.build_dir or os.path.join(root, "build", "cuda_sim" + (f"_{args.sanitize}" if args.sanitize else "")))
     os.makedirs(build_dir, exist_ok=True)
     path, out = ninja_file(root, build_dir, args.sanitize)
