@@ -98,28 +98,40 @@ __global__ void normalize_u(const A* __restrict__ t, int64_t M, double eps, T* _
   if (threadIdx.x == 0) scalars[0] = A(dt);
 }
 
-// s[k] = (W^T (t / scalars[0]))[k] = (W^T u)[k]. One thread per column; rows read coalesced.
-// t is normalized inside the sum: a float W^T t overflows for weights beyond ~1e19.
+// Partial s over a slice of rows: parts[y][k] = sum_{i in slice y} W(i, k) t[i] / scalars[0],
+// so s = W^T u is the sum over y. One thread per column (rows read coalesced), blockIdx.y the
+// row slice: a wide layer (K = 4608) has only 18 blocks of columns, so its M rows are cut into
+// slices until there are enough blocks to fill the GPU. t is normalized inside the sum: a float
+// W^T t overflows for weights beyond ~1e19.
 template <typename T, typename A>
 __global__ void cols_dot(const T* __restrict__ w, const A* __restrict__ t, int64_t Aa, int64_t M,
-                         int64_t B, const A* __restrict__ scalars, A* __restrict__ s) {
+                         int64_t B, int64_t rows_per_slice, const A* __restrict__ scalars,
+                         A* __restrict__ parts) {
   const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (k >= Aa * B) return;
+  const int64_t K = Aa * B;
+  if (k >= K) return;
   const int64_t a = k / B, b = k - a * B;
   const T* col = w + a * M * B + b;
   const A inv = A(1) / scalars[0];
+  const int64_t i0 = int64_t(blockIdx.y) * rows_per_slice;
+  const int64_t i1 = i0 + rows_per_slice < M ? i0 + rows_per_slice : M;
   A acc = A(0);
-  for (int64_t i = 0; i < M; ++i) acc += A(Convert<T>::load(col[i * B])) * (t[i] * inv);
-  s[k] = acc;
+  for (int64_t i = i0; i < i1; ++i) acc += A(Convert<T>::load(col[i * B])) * (t[i] * inv);
+  parts[int64_t(blockIdx.y) * K + k] = acc;
 }
 
 // v = s / max(||s||, eps); sigma = ||s||^2 / max(||s||, eps) (= u^T W v); copies on the last.
 template <typename T, typename A>
-__global__ void finalize_v(const A* __restrict__ s, int64_t K, int64_t M, double eps,
-                           T* __restrict__ v, const T* __restrict__ u, bool last,
+__global__ void finalize_v(const A* __restrict__ parts, int n_slices, A* __restrict__ s, int64_t K,
+                           int64_t M, double eps, T* __restrict__ v, const T* __restrict__ u, bool last,
                            T* __restrict__ sigma, T* __restrict__ u_copy, T* __restrict__ v_copy) {
   double ss = 0.0;
-  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) ss += double(s[k]) * double(s[k]);
+  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+    A sk = parts[k];
+    for (int y = 1; y < n_slices; ++y) sk += parts[int64_t(y) * K + k];  // fixed order: deterministic
+    s[k] = sk;
+    ss += double(sk) * double(sk);
+  }
   ss = block_sum(ss);
   const double nw = sqrt(ss), dw = fmax(nw, eps);
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
@@ -196,6 +208,17 @@ __global__ void backward_apply(const T* __restrict__ g, const T* __restrict__ u,
   }
 }
 
+// Row slices of cols_dot: enough column blocks x slices to fill a big GPU (kTargetBlocks), at
+// most kMaxSlices (their partials are summed by the one-block finalize), at least 64 rows each.
+constexpr int kTargetBlocks = 512;
+constexpr int kMaxSlices = 8;
+int col_slices(int64_t col_blocks, int64_t M) {
+  int64_t n = (kTargetBlocks + col_blocks - 1) / col_blocks;
+  if (n > kMaxSlices) n = kMaxSlices;
+  if (n > M / 64) n = M / 64;
+  return int(n > 1 ? n : 1);
+}
+
 int grid_for(int64_t n) {
   int64_t blocks = (n + kThreads - 1) / kThreads;
   return int(blocks < 4096 ? (blocks > 0 ? blocks : 1) : 4096);
@@ -211,13 +234,18 @@ int power_iteration(const void* wp, int64_t Aa, int64_t M, int64_t B, void* up, 
   const int64_t K = Aa * B;
   A* ws = static_cast<A*>(work);
   A *t = Workspace::t(ws), *s = Workspace::s(ws, M), *sc = Workspace::scalars(ws, M, K);
+  A* parts = Workspace::partials(ws, M, K);
+  const int64_t col_blocks = (K + kThreads - 1) / kThreads;
+  const int n_slices = col_slices(col_blocks, M);
+  const int64_t rows_per_slice = (M + n_slices - 1) / n_slices;
   for (int64_t it = 0; it < n_iter; ++it) {
     launch_kernel(rows_dot<T, T, A>, int(M), kThreads, 0, stream, w, v, Aa, M, B, t);
     launch_kernel(normalize_u<T, A>, 1, kSingleBlock, 0, stream, t, M, eps, u, sc);
-    launch_kernel(cols_dot<T, A>, int((K + kThreads - 1) / kThreads), kThreads, 0, stream, w, t, Aa, M, B, sc, s);
+    launch_kernel(cols_dot<T, A>, dim3(unsigned(col_blocks), unsigned(n_slices)), kThreads, 0, stream, w, t, Aa, M, B,
+                  rows_per_slice, sc, parts);
     const bool last = it == n_iter - 1;
-    launch_kernel(finalize_v<T, A>, 1, kSingleBlock, 0, stream, s, K, M, eps, v, u, last, static_cast<T*>(sigma),
-                                                     static_cast<T*>(u_copy), static_cast<T*>(v_copy));
+    launch_kernel(finalize_v<T, A>, 1, kSingleBlock, 0, stream, parts, n_slices, s, K, M, eps, v, u, last,
+                  static_cast<T*>(sigma), static_cast<T*>(u_copy), static_cast<T*>(v_copy));
   }
   return int(cudaGetLastError());
 }
@@ -284,7 +312,9 @@ using namespace gankern;
   return -1;
 
 extern "C" int64_t gankern_sn_workspace_elems(int64_t A, int64_t M, int64_t B) {
-  return M + A * B + kScalars + kMaxPartials;
+  // partials: the backward's <G, W> partials, or the power iteration's kMaxSlices rows of W^T u.
+  const int64_t parts = kMaxSlices * A * B > kMaxPartials ? kMaxSlices * A * B : kMaxPartials;
+  return M + A * B + kScalars + parts;
 }
 
 extern "C" int gankern_sn_power_iteration_cuda(int dtype, const void* w, int64_t A, int64_t M,
