@@ -42,6 +42,17 @@ def _pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _command_line(args) -> str:
+    words = ["gankern bench"]
+    if args.quick:
+        words.append("--quick")
+    for flag in ("ops", "device", "repeats", "threads"):
+        value = getattr(args, flag)
+        if value is not None and not (flag == "device" and value == "auto"):
+            words.append(f"--{flag} {value}")
+    return " ".join(words)
+
+
 def main(args) -> int:
     from . import machine, report, runner
 
@@ -111,6 +122,12 @@ def main(args) -> int:
           f"error = max relative error vs the float64 reference; WRONG: over tolerance, not timed")
     if args.json:
         payload = report.to_json(results, env, bandwidth=bandwidth, quick=args.quick, timing=vars(cfg).copy())
+        # What scripts/bench_readme.py states beside the figures: how to rerun them, and how busy
+        # the machine was at the end too (a load that rose mid-run shows in no single sample).
+        payload["command"] = _command_line(args)
+        payload["threads"] = torch.get_num_threads()
+        payload["loadavg_1m_end"] = machine.load_average()
+        payload["floor"] = "a same-protocol copy of the case's bytes"
         report.write_json(args.json, payload)
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:

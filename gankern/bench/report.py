@@ -170,3 +170,17 @@ def plot(results, path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def results_from_json(payload: dict) -> list:
+    """The CaseResults a `--json` file holds (to redraw its chart without rerunning)."""
+    from .runner import CaseResult, ImplResult
+
+    if payload.get("schema") != SCHEMA:
+        raise ValueError(f"not a {SCHEMA} file (schema {payload.get('schema')!r})")
+    out = []
+    for c in payload["results"]:
+        fields = dict(c)
+        fields["impls"] = [ImplResult(**r) for r in c["impls"]]
+        out.append(CaseResult(**fields))
+    return out
