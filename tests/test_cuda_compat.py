@@ -115,10 +115,13 @@ def test_a_query_that_fails_means_not_runnable(fake_gpu, monkeypatch):
 
 # -- the fatbin of the extension built here ------------------------------------------------------
 def _cuobjdump():
-    import triton
+    """The cuobjdump Triton ships (found the same way as scripts/aot_compile.py does)."""
+    import sys
 
-    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    return path if os.path.exists(path) else "cuobjdump"
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import aot_compile
+
+    return aot_compile._cuobjdump()
 
 
 needs_cuda_build = pytest.mark.skipif(not _native.cuda_compiled(), reason="built without CUDA (GANKERN_BUILD_CUDA=1)")
