@@ -112,3 +112,13 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "gankern train: error: --loss must be one of saturating, ns, wgan, hinge, lsgan, rsgan, ragan, gan-qp; got 'nope'"]
+
+
+def test_train_with_r1_plus_r2(tmp_path, capsys):
+    # --reg r1+r2 builds gk.train.R1R2 (R3GAN's pair of zero-centered penalties, one D forward).
+    import torch
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "ring", "--reg", "r1+r2", "--gamma", "0.5", "--out", str(out), *TINY]) == 0
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert "R1R2" in json.dumps(ck["config"]["reg"])

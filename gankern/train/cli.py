@@ -23,7 +23,7 @@ OPTIONS = {
     "image_size": (int, 32, "image folders: resize to this square size"),
     "channels": (int, 3, "image folders: 1 (grayscale) or 3 (RGB)"),
     "loss": (str, "ns", "saturating, ns, wgan, hinge, lsgan, rsgan, ragan or gan-qp"),
-    "reg": (str, "r1", "none, r1, r2, wgan-gp, dragan or gan-qp"),
+    "reg": (str, "r1", "none, r1, r2, r1+r2, wgan-gp, dragan or gan-qp"),
     "gamma": (float, 0.1, "penalty weight (R1/R2 gamma, WGAN-GP/DRAGAN lambda)"),
     "center": (float, None, "gradient-norm target of wgan-gp/dragan; default 1, 0 is zero-centered"),
     "reg_every": (int, 1, "lazy regularization interval k"),
@@ -224,7 +224,7 @@ def load_data(opts):
     raise ConfigError(f"--data must be ring, grid, digits or an image folder; {name!r} is none of them")
 
 
-REGS = ("none", "r1", "r2", "wgan-gp", "dragan", "gan-qp")
+REGS = ("none", "r1", "r2", "r1+r2", "wgan-gp", "dragan", "gan-qp")
 
 
 def _sample_shape(data):
@@ -237,11 +237,12 @@ def build_trainer(opts, data):
     import torch
 
     from .models import MLPDiscriminator, MLPGenerator
-    from .regularizers import DRAGAN, GANQP, R1, R2, WGANGP
+    from .regularizers import DRAGAN, GANQP, R1, R2, R1R2, WGANGP
     from .trainer import GANTrainer
 
     regs = {"none": None, "r1": lambda: R1(opts["gamma"], every=opts["reg_every"]),
             "r2": lambda: R2(opts["gamma"], every=opts["reg_every"]),
+            "r1+r2": lambda: R1R2(opts["gamma"], every=opts["reg_every"]),
             "wgan-gp": lambda: WGANGP(opts["gamma"], center=opts["center"], every=opts["reg_every"]),
             "dragan": lambda: DRAGAN(opts["gamma"], center=opts["center"], every=opts["reg_every"]),
             "gan-qp": lambda: GANQP(opts["qp_lambda"])}
