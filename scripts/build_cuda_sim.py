@@ -29,10 +29,12 @@ def ninja_file(root: str, build_dir: str, sanitize: str | None) -> tuple[str, st
     ldflags = ["-shared", "-pthread"]
     # The sanitizer instruments only the CUDA sources (what it is there to check); the bindings
     # and the CPU kernels they also bind compile plainly, which halves the build.
+    # They never run in the sanitizer runs (no cuda_sim test calls a CPU kernel), so -O0, and
+    # the ASan and TSan builds share them through one build directory.
     cuflags = list(flags)
     if sanitize:
         cuflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-O1", "-g1"]
-        flags += ["-O1"]
+        flags += ["-O0"]
         ldflags.append(f"-fsanitize={sanitize}")
     else:
         cuflags.append("-O2")
@@ -49,11 +51,12 @@ def ninja_file(root: str, build_dir: str, sanitize: str | None) -> tuple[str, st
              "rule link", "  command = $cxx $in $ldflags -o $out"]
     objs = []
     for src in cpp + cu:
-        obj = os.path.join(build_dir, os.path.relpath(src, root).replace(os.sep, "_") + ".o")
+        variant = f".{sanitize}" if sanitize and src.endswith(".cu") else ""
+        obj = os.path.join(build_dir, os.path.relpath(src, root).replace(os.sep, "_") + variant + ".o")
         objs.append(obj)
         lines.append(f"build {obj}: {'cu' if src.endswith('.cu') else 'cxx'} {src}")
     lines.append(f"build {out}: link {' '.join(objs)}")
-    path = os.path.join(build_dir, "build.ninja")
+    path = os.path.join(build_dir, f"build_{sanitize or 'plain'}.ninja")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path, out
@@ -72,7 +75,7 @@ def main(argv=None) -> int:
         # sanitizer runtime preloaded (any pytest run there): build in a copy, as
         # scripts/sanitize_cuda_sim.sh does.
         sys.exit(f"refusing a --sanitize build inside the git checkout {root}: use --root on a copy")
-    build_dir = os.path.abspath(args.build_dir or os.path.join(root, "build", "cuda_sim" + (f"_{args.sanitize}" if args.sanitize else "")))
+    build_dir = os.path.abspath(args.build_dir or os.path.join(root, "build", "cuda_sim_san" if args.sanitize else "cuda_sim"))
     os.makedirs(build_dir, exist_ok=True)
     path, out = ninja_file(root, build_dir, args.sanitize)
     try:

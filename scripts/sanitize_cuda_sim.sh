@@ -40,16 +40,16 @@ loaded_from_work() {
 }
 
 echo "== ASan build of the CUDA host harness in $WORK"
-python scripts/build_cuda_sim.py --sanitize address --build-dir "$WORK/build/sim_asan"
+python scripts/build_cuda_sim.py --sanitize address --build-dir "$WORK/build/sim_san"
 LIBASAN=$(g++ -print-file-name=libasan.so)
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 LD_PRELOAD="$LIBASAN" loaded_from_work
 # shellcheck disable=SC2086
-LD_PRELOAD="$LIBASAN" python -m pytest -q -p no:cacheprovider $OP_TESTS -k "cuda_sim and $NOT_RAISING"
+LD_PRELOAD="$LIBASAN" python -m pytest -q --capture=sys -p no:cacheprovider $OP_TESTS -k "cuda_sim and $NOT_RAISING"
 unset ASAN_OPTIONS
 
 echo "== TSan build of the CUDA host harness"
-python scripts/build_cuda_sim.py --sanitize thread --build-dir "$WORK/build/sim_tsan"
+python scripts/build_cuda_sim.py --sanitize thread --build-dir "$WORK/build/sim_san"
 LIBTSAN=$(g++ -print-file-name=libtsan.so)
 # Two workers: blocks run on two OS threads, so blocks that write the same memory race too.
 # Only the harness's kernels are instrumented: torch and Python run unchecked.
@@ -57,4 +57,4 @@ export TSAN_OPTIONS="halt_on_error=1:exitcode=66:report_signal_unsafe=0" GANKERN
 LD_PRELOAD="$LIBTSAN" loaded_from_work
 # Tests that raise through torch's dispatcher run fine under TSan, so they stay in.
 # shellcheck disable=SC2086
-LD_PRELOAD="$LIBTSAN" python -m pytest -q -p no:cacheprovider $TSAN_TESTS -k "$TSAN_SELECT"
+LD_PRELOAD="$LIBTSAN" python -m pytest -q --capture=sys -p no:cacheprovider $TSAN_TESTS -k "$TSAN_SELECT"
