@@ -63,12 +63,6 @@ def available(implemented: Iterable[str], device: torch.device) -> list[str]:
     return [b for b in implemented if usable(b, device)]  # cuda_sim only when asked for by name
 
 
-def is_auto(impl) -> bool:
-    """Whether the backend of a call is left to gankern (impl="auto" and no GANKERN_IMPL), so an
-    op may pick a plain-PyTorch path where it measured one faster."""
-    return impl == "auto" and (os.environ.get("GANKERN_IMPL", "auto") or "auto") == "auto"
-
-
 def resolve(impl, device: torch.device, implemented: Sequence[str] = BACKENDS, op: str = "op") -> str:
     """The backend name a call runs on; ValueError names the usable ones when impl is not."""
     if not isinstance(impl, str):

@@ -1,12 +1,17 @@
 #!/usr/bin/env python
-"""Where a fused CPU path starts to win: fused vs plain PyTorch across sizes, side by side.
+"""Where a fused CPU path wins: fused vs plain PyTorch, side by side, for the ops' `auto` choices.
 
     python scripts/crossover.py bias_act [--threads 1] [--rounds 15]
+    python scripts/crossover.py gp_dstep [--threads 1] [--rounds 15]
 
-The `auto` thresholds of the ops cite this script's output (gankern/ops/bias_act/__init__.py:
-PLAIN_CPU_MAX_NUMEL). Each size times fwd+bwd of both paths interleaved, in thread CPU time
-(time.thread_time: a busy machine preempts a thread without charging it), and prints the median
-of plain time / fused time: above 1 the fused path wins.
+bias_act: the op alone, fwd+bwd of bias + lrelu at growing sizes, plain (x + b, leaky_relu)
+and fused; prints plain time / fused time (above 1 the fused path wins).
+gp_dstep: a WGAN-GP D step (loss on real and fake + penalty, one backward) of the trainers'
+MLP and DCGAN-32 critics at batch 16: the unfused D with the hand-written penalty, the unfused D
+with gk.gradient_penalty, fuse_bias_act(D) with small layers (<= 128K elements) plain, and
+fuse_bias_act(D) fused everywhere; prints each as unfused-hand time / its time.
+gankern/ops/bias_act/__init__.py cites both. Paths run interleaved, timed in thread CPU time
+(time.thread_time: a busy machine preempts a thread without charging it); medians.
 """
 
 from __future__ import annotations
@@ -42,23 +47,74 @@ def bias_act_cases():
         yield shape, x0.numel(), plain, fused
 
 
+def gp_dstep_cases():
+    import copy
+
+    import gankern as gk
+    from gankern.bench.cases import trainers as T
+    from gankern.nn import bias_act as nn_bias_act
+
+    plain_below = 1 << 17
+
+    def small_layers_plain(module, x):  # DeferredBiasAct.forward with a plain path below 128K
+        if x.numel() < plain_below:
+            dim = module.dim % x.dim()
+            b = module.bias.view([-1 if i == dim else 1 for i in range(x.dim())])
+            return F.leaky_relu(x + b, module.alpha if module.alpha is not None else 0.2)
+        return nn_bias_act.BiasAct.forward(module, x)
+
+    for name, build, shape in (("MLP critic", T.mlp_critic, (16, 1, 28, 28)),
+                               ("DCGAN-32 critic", lambda: T.dcgan_critic32(32), (16, 3, 32, 32))):
+        torch.manual_seed(0)
+        unfused = build()
+        fused = gk.nn.fuse_bias_act(copy.deepcopy(unfused))
+        mixed = gk.nn.fuse_bias_act(copy.deepcopy(unfused))
+        for m in mixed.modules():
+            if isinstance(m, nn_bias_act.DeferredBiasAct):
+                m.forward = (lambda x, m=m: small_layers_plain(m, x))
+        real, fake = torch.rand(shape) * 2 - 1, torch.rand(shape) * 2 - 1
+        alpha = torch.rand(shape[0], 1, 1, 1)
+
+        def step(D, penalty, real=real, fake=fake, alpha=alpha):
+            D.zero_grad(set_to_none=True)
+            (D(fake).mean() - D(real).mean() + penalty(D, real, fake, alpha)).backward()
+
+        yield name, {"unfused D, hand-written GP": lambda s=step, d=unfused: s(d, T.hand_written_gp),
+                     "unfused D, gk.gradient_penalty": lambda s=step, d=unfused: s(d, T.gankern_gp),
+                     "fused, small layers plain": lambda s=step, d=mixed: s(d, T.gankern_gp),
+                     "fused everywhere": lambda s=step, d=fused: s(d, T.gankern_gp)}
+
+
+def _medians(runs: dict, rounds: int, inner: int) -> dict:
+    times = {k: [] for k in runs}
+    for fn in runs.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for label, fn in runs.items():
+            t0 = time.thread_time()
+            for _ in range(inner):
+                fn()
+            times[label].append((time.thread_time() - t0) / inner)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("op", choices=("bias_act",))
+    parser.add_argument("op", choices=("bias_act", "gp_dstep"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.op == "gp_dstep":
+        for name, runs in gp_dstep_cases():
+            med = _medians(runs, args.rounds, 1)
+            base = med["unfused D, hand-written GP"]
+            print(f"{name}: " + ", ".join(f"{k} {v * 1e3:.2f} ms ({base / v:.3f}x)" for k, v in med.items()),
+                  flush=True)
+        return 0
     for shape, numel, plain, fused in bias_act_cases():
-        inner = max(1, int(1e6 // numel))
-        times = {"plain": [], "fused": []}
-        for _ in range(args.rounds):
-            for label, fn in (("plain", plain), ("fused", fused)):
-                t0 = time.thread_time()
-                for _ in range(inner):
-                    fn()
-                times[label].append((time.thread_time() - t0) / inner)
-        p, f = statistics.median(times["plain"]), statistics.median(times["fused"])
+        med = _medians({"plain": plain, "fused": fused}, args.rounds, max(1, int(1e6 // numel)))
+        p, f = med["plain"], med["fused"]
         print(f"{str(shape):20s} {numel:8d} elements  plain {p * 1e6:8.1f} us  fused {f * 1e6:8.1f} us  "
               f"plain/fused {p / f:.2f}", flush=True)
     return 0

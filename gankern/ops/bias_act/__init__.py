@@ -289,29 +289,15 @@ def check_bias_act_args(x, b, act, alpha, gain, clamp, dim):
     return alpha, gain, clamp, dim
 
 
-# impl="auto" on a CPU runs plain PyTorch below this many elements: the fused path's fixed cost
-# (an autograd.Function and its checks, ~50-60 us a fwd+bwd in Python) exceeds what one pass
-# over a small activation saves. Measured with `python scripts/crossover.py bias_act` (bias +
-# lrelu fwd+bwd, one thread, thread CPU time, 2-core EPYC at load ~10), plain/fused: 0.51-0.59
-# at 4K-32K elements, 0.71 at 64K, 1.04-1.07 at 128K, 1.38-1.41 at 256K. Only where the two are
-# the same arithmetic: linear and lrelu (torch's leaky_relu keeps NaN and takes the same side
-# at 0 and at NaN in its gradient; relu's gradient at a NaN input is NaN in torch, 0 in the
-# kernel, so relu stays fused), no clamp, float32/float64 x with a bias of x's dtype (a 16-bit
-# x is computed in fp32 and rounded once by the kernel, twice by plain ops).
-PLAIN_CPU_MAX_NUMEL = (1 << 17) - 1
-_PLAIN_ACTS = {"linear": lambda z, alpha: z, "lrelu": lambda z, alpha: torch.nn.functional.leaky_relu(z, alpha)}
-
-
-def _plain_is_faster(x: torch.Tensor, b, act: str, clamp) -> bool:
-    return (x.numel() <= PLAIN_CPU_MAX_NUMEL and act in _PLAIN_ACTS and clamp is None
-            and x.dtype in (torch.float32, torch.float64) and (b is None or b.dtype == x.dtype)
-            and not torch.compiler.is_compiling())
-
-
-def _plain_bias_act(x, b, act, alpha, gain, dim):
-    z = x if b is None else x + b.view([-1 if i == dim else 1 for i in range(x.dim())])
-    y = _PLAIN_ACTS[act](z, alpha)
-    return y if gain == 1.0 else y * gain
+# No size crossover to plain PyTorch on a CPU, measured both ways (one thread, thread CPU time,
+# 2-core EPYC at load 4-10). Alone, fwd+bwd, plain x + b, leaky_relu is faster below ~128K
+# elements (`python scripts/crossover.py bias_act`: plain/fused 0.51-0.59 at 4K-32K, 0.71 at
+# 64K, 1.04-1.07 at 128K, 1.38-1.41 at 256K). But in what fused activations are for, a D step
+# with a gradient penalty, running those small layers plain made the step slower than fusing
+# every layer (`python scripts/crossover.py gp_dstep`, batch 16, time relative to the unfused D
+# with the hand-written penalty, two runs: DCGAN-32 critic 0.91-0.93x with the small layers
+# plain vs 1.05-1.08x fused everywhere, MLP critic 0.79-0.89x vs 0.93-1.02x): the deferred bias
+# then costs an extra add node in the double backward. So auto always runs the kernel.
 
 
 def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "lrelu",
@@ -330,8 +316,6 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "lrel
     alpha, gain, clamp, dim = check_bias_act_args(x, b, act, alpha, gain, clamp, dim)
     act = canonical_act(act)
     backend = _backend.resolve(impl, x.device, IMPLEMENTED, op="bias_act")
-    if backend == "cpu" and _backend.is_auto(impl) and _plain_is_faster(x, b, act, clamp):
-        return _plain_bias_act(x, b, act, alpha, gain, dim)
     if not is_dense(x):
         x = x.contiguous()
     if b is not None:
