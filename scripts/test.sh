@@ -6,5 +6,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
+# The CUDA kernels' source built as host C++ (issue 15): tests/conftest.py then runs every op's
+# tests on impl="cuda_sim" too. Test-only; never part of a user build. GANKERN_NO_CUDA_SIM=1 skips it.
+if [ "${GANKERN_NO_CUDA_SIM:-0}" != "1" ]; then
+  echo "== building the CUDA host harness (test backend cuda_sim)"
+  python scripts/build_cuda_sim.py
+fi
 python -m gankern info
 exec python -m pytest -q tests "$@"
