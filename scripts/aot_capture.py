@@ -165,7 +165,7 @@ def drive_norm_penalty(thorough):
     from gankern.ops.norm_penalty import norm_penalty
 
     for dtype in DTYPES:
-        for shape in ((4, 3, 16, 16), (3, 5, 7)):
+        for shape in ((4, 3, 16, 16), (3, 5, 7), (2, 3, 128, 128)):  # the last: rows split over programs
             g = torch.randn(shape).to(dtype).requires_grad_()
             with tagged(f"norm_penalty {_SHORT[dtype]}") if shape[0] == 4 else contextlib.nullcontext():
                 pen, norms = norm_penalty(g, 1.0, 10.0, impl="triton")

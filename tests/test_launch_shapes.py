@@ -52,3 +52,23 @@ def test_ema_chunks_split_over_blocks(backend, sd, pd):
     for s, e in zip(shadow, expect):
         err = ((s.double() - e).norm() / e.norm()).item()
         assert err < (1e-6 if sd != torch.bfloat16 else 1e-2), err
+
+
+@pytest.mark.parametrize("backend", [b for b in backends_for(["triton", "cuda", "cpu"])])
+@pytest.mark.parametrize("dtype,scale", [(torch.float32, 1.0), (torch.bfloat16, 1.0), (torch.float64, 1.0),
+                                         (torch.float64, 1e300), (torch.float64, 1e-300)])
+def test_norm_penalty_small_batch_long_rows(backend, dtype, scale):
+    """Batch 2 of 49,152-element rows: the Triton forward splits each row over 3 programs; float64
+    rows at 1e300 / 1e-300 take the rescaled pass after the split sums over- or underflow."""
+    from gankern.ops.norm_penalty import norm_penalty
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 128, 128, generator=g, dtype=torch.float64)
+    grads = (x * scale).to(dtype)
+    norms_ref = x.to(dtype).double().flatten(1).norm(dim=1) * scale  # exact scaling by a power-free factor
+    pen, norms = norm_penalty(grads, 1.0, 10.0, impl=backend)
+    rel = ((norms.double() - norms_ref).abs() / norms_ref).max().item()
+    assert rel < (1e-6 if dtype != torch.bfloat16 else 1e-3), rel
+    if scale == 1.0:
+        pen_ref = 10.0 * ((norms_ref - 1.0) ** 2).mean()
+        assert abs(pen.double().item() - pen_ref.item()) / pen_ref.item() < 1e-5

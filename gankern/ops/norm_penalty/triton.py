@@ -1,7 +1,7 @@
 """Triton backend of gk.ops.norm_penalty: per-sample norms, the penalty, the analytic backward.
 
 Forward: one program per sample streams its row once (grads are read exactly once) and stores
-its norm; one more program reduces the B norms to the penalty (deterministic, no atomics).
+its norm (a small batch of long rows splits each row over several programs first); one more program reduces the B norms to the penalty (deterministic, no atomics).
 Backward: grads * coef[row], one read and one write per element, coef computed per program from
 the saved norm. Center and weight are read from a float64 tensor since Triton passes Python
 floats as float32. Every finite input whose exact result is representable gives it (issue 13):
@@ -67,12 +67,27 @@ def _row_sumsq(base, N, scale, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _row_norm_kernel(g_ptr, norms_ptr, n64_ptr, N, ACC: tl.constexpr, RESCALE: tl.constexpr,
-                     UP: tl.constexpr, DOWN: tl.constexpr, TINY_SUMSQ: tl.constexpr,
-                     BLOCK: tl.constexpr):
+def _row_part_kernel(g_ptr, part_ptr, N, SLICE, BLOCK: tl.constexpr):
+    # A small batch has fewer rows than the GPU has SMs: each row is cut into n_slices slices,
+    # one program each, whose float64 sums of squares _row_norm_kernel adds in a fixed order.
+    row = tl.program_id(0).to(tl.int64)
+    start = tl.program_id(1).to(tl.int64) * SLICE
+    part = _row_sumsq(g_ptr + row * N + start, tl.minimum(N - start, SLICE), 1.0, BLOCK)
+    tl.store(part_ptr + row * tl.num_programs(1) + tl.program_id(1), part)
+
+
+@triton.jit
+def _row_norm_kernel(g_ptr, norms_ptr, n64_ptr, part_ptr, n_slices, N, ACC: tl.constexpr,
+                     RESCALE: tl.constexpr, UP: tl.constexpr, DOWN: tl.constexpr,
+                     TINY_SUMSQ: tl.constexpr, FROM_PARTS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = g_ptr + row * N
-    total = _row_sumsq(base, N, 1.0, BLOCK)
+    if FROM_PARTS:
+        total = tl.load(part_ptr + row * n_slices)
+        for j in range(1, n_slices):
+            total += tl.load(part_ptr + row * n_slices + j)
+    else:
+        total = _row_sumsq(base, N, 1.0, BLOCK)
     n = tl.sqrt(total)
     if RESCALE:  # float64 rows only: narrower types square into double's normal range
         if total * 0.0 != 0.0:  # inf (or NaN, which stays NaN)
@@ -151,6 +166,16 @@ def _backward_kernel(g_ptr, norms_ptr, gp_ptr, gn_ptr, out_ptr, consts_ptr, N,
     tl.store(out_ptr + row * N + offs, cast_out(out, OUT), mask=mask)
 
 
+# Rows are split until the batch makes ~2 programs per SM of a 132-SM GPU, each slice at least
+# _MIN_SLICE elements (a program's fixed cost stays small next to its reads).
+_TARGET_PROGRAMS = 264
+_MIN_SLICE = 16384
+
+
+def _row_slices(b: int, n: int) -> int:
+    return max(1, min(triton.cdiv(_TARGET_PROGRAMS, b), n // _MIN_SLICE))
+
+
 def _consts(values, device):
     # Cached per (values, device): no host-to-device copy per call (see _device_guard).
     return device_consts(tuple(float(v) for v in values), torch.float64, device)
@@ -164,8 +189,16 @@ def norm_penalty_triton(grads: torch.Tensor, center: float, weight: float):
     norms = torch.empty(b, dtype=acc, device=grads.device)
     n64 = torch.empty(b, dtype=torch.float64, device=grads.device)
     penalty = torch.empty((), dtype=acc, device=grads.device)
-    _row_norm_kernel[(b,)](grads, norms, n64, n, ACC=_TL[acc], RESCALE=grads.dtype == torch.float64,
-                           UP=_UP, DOWN=_DOWN, TINY_SUMSQ=_TINY_SUMSQ, BLOCK=ROW_BLOCK, num_warps=8)
+    n_slices = _row_slices(b, n)
+    parts = n64
+    if n_slices > 1:
+        parts = torch.empty(b * n_slices, dtype=torch.float64, device=grads.device)
+        slice_len = triton.cdiv(triton.cdiv(n, n_slices), ROW_BLOCK) * ROW_BLOCK
+        n_slices = triton.cdiv(n, slice_len)
+        _row_part_kernel[(b, n_slices)](grads, parts, n, slice_len, BLOCK=ROW_BLOCK, num_warps=8)
+    _row_norm_kernel[(b,)](grads, norms, n64, parts, n_slices, n, ACC=_TL[acc],
+                           RESCALE=grads.dtype == torch.float64, UP=_UP, DOWN=_DOWN,
+                           TINY_SUMSQ=_TINY_SUMSQ, FROM_PARTS=n_slices > 1, BLOCK=ROW_BLOCK, num_warps=8)
     q = weight / b
     _penalty_kernel[(1,)](n64, penalty, _consts([center, q, q ** 0.5], grads.device), b, ACC=_TL[acc],
                           BLOCK=1024)
