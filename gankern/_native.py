@@ -256,11 +256,12 @@ def ema_update_(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tensor], 
     _ema_launch(device, groups, weight, backend)
 
 
-_EMA_PAIR_CODES = {pair: (DTYPE_CODES[pair[0]], DTYPE_CODES[pair[1]]) for pair in EMA_DTYPE_PAIRS}
-# Memory layouts already swept free of overlap: {(shadow spans, param spans): None}. A layout
-# is the exact byte ranges the kernel writes and reads, so a hit proves what the sweep would
-# (the verdict depends on nothing else) and nothing can make a stale entry lie. Bounded: a
-# caller alternating between a few lists (EMA + post-hoc profiles) keeps hitting.
+_EMA_PAIR_INFO = {pair: ((DTYPE_CODES[pair[0]], DTYPE_CODES[pair[1]]), pair[0].itemsize, pair[1].itemsize)
+                  for pair in EMA_DTYPE_PAIRS}
+# Memory layouts already swept free of overlap: {(shadow ptrs, param ptrs, numels, dtype pairs):
+# None}. A layout fixes the exact byte ranges the kernel writes and reads, so a hit proves what
+# the sweep would (the verdict depends on nothing else) and nothing can make a stale entry lie.
+# Bounded: a caller alternating between a few lists (EMA + post-hoc profiles) keeps hitting.
 _EMA_CLEAR_LAYOUTS: dict = {}
 _EMA_CLEAR_LAYOUTS_MAX = 16
 
@@ -274,7 +275,8 @@ def ema_fast_groups(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tenso
     contiguous, no shadow requiring grad in grad mode, no output overlapping anything. The
     separate checks read every tensor's attributes 3-4 times (about 10 us per pair; an SNGAN
     G's update is ~1.5 ms on one CPU thread and _foreach_lerp_ checks in C++); this reads each
-    once and reuses the overlap verdict of an identical layout.
+    once, and reuses the overlap verdict of an identical layout. Cheapest reads first: after
+    the memory-bound update itself every object here is out of cache, so each read is a miss.
     """
     n = len(shadow)
     if n == 0 or n != len(params):
@@ -284,33 +286,46 @@ def ema_fast_groups(shadow: Sequence[torch.Tensor], params: Sequence[torch.Tenso
     if not isinstance(first, tensor):
         return None
     device = first.device
-    pair_codes = _EMA_PAIR_CODES
-    groups: dict = {}
-    out_spans, in_spans = [], []
+    on_cpu = device.type == "cpu"
+    pair_info = _EMA_PAIR_INFO
+    sps, pps, numels, infos = [], [], [], []
+    info0 = None
+    mixed = False
     for s, p in zip(shadow, params):
         if not (isinstance(s, tensor) and isinstance(p, tensor)):
             return None
-        codes = pair_codes.get((s.dtype, p.dtype))
-        if (codes is None or s.device != device or p.device != device or s.shape != p.shape
-                or not s.is_contiguous() or not p.is_contiguous() or (grad_enabled and s.requires_grad)):
+        info = pair_info.get((s.dtype, p.dtype))
+        if (info is None or not ((s.is_cpu and p.is_cpu) if on_cpu else (s.device == device and p.device == device))
+                or s.shape != p.shape or not s.is_contiguous() or not p.is_contiguous()
+                or (grad_enabled and s.requires_grad)):
             return None
-        sp, pp, numel = s.data_ptr(), p.data_ptr(), s.numel()
-        g = groups.get(codes)
-        if g is None:
-            g = groups[codes] = ([], [], [])
-        g[0].append(sp)
-        g[1].append(pp)
-        g[2].append(numel)
-        if numel:
-            out_spans.append((sp, sp + s.nbytes))
-            in_spans.append((pp, pp + p.nbytes))
-    layout = (tuple(out_spans), tuple(in_spans))
+        if info0 is None:
+            info0 = info
+        elif info is not info0:
+            mixed = True
+        sps.append(s.data_ptr())
+        pps.append(p.data_ptr())
+        numels.append(s.numel())
+        infos.append(info)
+    layout = (tuple(sps), tuple(pps), tuple(numels), tuple(infos) if mixed else info0)
     if layout not in _EMA_CLEAR_LAYOUTS:
+        out_spans = [(a, a + k * i[1]) for a, k, i in zip(sps, numels, infos) if k]
+        in_spans = [(a, a + k * i[2]) for a, k, i in zip(pps, numels, infos) if k]
         if _overlapping(out_spans, in_spans):
             return None  # check_no_overlap names the pair
         if len(_EMA_CLEAR_LAYOUTS) >= _EMA_CLEAR_LAYOUTS_MAX:
             _EMA_CLEAR_LAYOUTS.pop(next(iter(_EMA_CLEAR_LAYOUTS)))
         _EMA_CLEAR_LAYOUTS[layout] = None
+    if not mixed:
+        return device, [(info0[0], (sps, pps, numels))]
+    groups: dict = {}
+    for sp, pp, k, info in zip(sps, pps, numels, infos):
+        g = groups.get(info[0])
+        if g is None:
+            g = groups[info[0]] = ([], [], [])
+        g[0].append(sp)
+        g[1].append(pp)
+        g[2].append(k)
     return device, list(groups.items())
 
 

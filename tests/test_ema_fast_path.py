@@ -21,7 +21,9 @@ def _lists(n=5, dtype=torch.float32, param_dtype=None, seed=0):
 def test_fast_path_matches_foreach_lerp_bit_for_bit_across_dtype_groups():
     shadow, params = _lists()
     s16, p16 = _lists(3, torch.float32, torch.bfloat16, seed=1)
-    shadow, params = shadow + s16, params + p16
+    # interleaved dtype pairs (fp32/fp32, fp32/bf16, fp32/fp32, ...): one launch per pair type
+    shadow = [t for pair in zip(shadow, s16) for t in pair] + shadow[3:]
+    params = [t for pair in zip(params, p16) for t in pair] + params[3:]
     expected = [s.clone() for s in shadow]
     torch._foreach_lerp_(expected, [p.float() for p in params], 0.01)
     assert _native.ema_fast_groups(shadow, params, torch.is_grad_enabled()) is not None
