@@ -82,7 +82,9 @@ def _record(module, name, jit_fn, binder, args, kwargs, specs):
 def install_hooks(kernels, specs):
     """Wrap each kernel's run() so that every launch records its specialization, then runs."""
     for (module, name), kernel in kernels.items():
-        jit_fn = JITFunction(kernel.fn)
+        # The kernel's own do_not_specialize lists, or the binder specializes what the GPU launch would not.
+        jit_fn = JITFunction(kernel.fn, **{k: v for k, v in kernel.kwargs.items()
+                                           if k in ("do_not_specialize", "do_not_specialize_on_alignment")})
         binder = create_function_from_signature(jit_fn.signature, jit_fn.params, _BACKEND)
         original = kernel.run
 
@@ -158,7 +160,14 @@ def drive_ema_multi(thorough):
         sizes = (4096 * 2, 7)
         params = [torch.randn(n).to(pd) for n in sizes]
         shadows = [[torch.randn(n).to(sd) for n in sizes] for _ in range(2)]
-        ema_update_multi_(shadows, params, [0.001, 0.01], impl="triton")
+        name = f"ema_multi {_SHORT[sd]}" + ("" if sd == pd else f"<-{_SHORT[pd]}")
+        with tagged(name):
+            ema_update_multi_(shadows, params, [0.001, 0.01], impl="triton")
+        acc = torch.float64 if sd == torch.float64 else torch.float32
+        ema_update_multi_(shadows, params, torch.tensor([0.001, 0.01], dtype=acc), impl="triton")
+        # Views at an element offset: not 16-byte aligned, the scalar-access variant.
+        ema_update_multi_([[torch.randn(4097).to(sd)[1:]] for _ in range(2)], [torch.randn(4097).to(pd)[1:]],
+                          [0.5, 0.25], impl="triton")
 
 
 def drive_norm_penalty(thorough):

@@ -67,7 +67,8 @@ def test_no_spills_in_fp32_and_16bit_variants(aot):
     assert not spilling, spilling
 
 
-@pytest.mark.parametrize("tag", ["ema fp32", "ema bf16", "ema fp32<-bf16", "bias_act fp32", "bias_act bf16"])
+@pytest.mark.parametrize("tag", ["ema fp32", "ema bf16", "ema fp32<-bf16", "ema_multi fp32", "ema_multi bf16",
+                                 "ema_multi fp32<-bf16", "bias_act fp32", "bias_act bf16"])
 def test_hot_paths_use_128_bit_loads(aot, tag):
     rows = [r for r in aot["rows"] if tag in r["tags"] and "error" not in r]
     assert {r["target"] for r in rows} == set(TARGETS), tag

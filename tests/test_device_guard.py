@@ -103,11 +103,17 @@ def _calls(backend, dtype):
     w = torch.randn(16, 8, 3, 3, generator=g, dtype=dtype).to(DEVICE)
     u = torch.nn.functional.normalize(torch.randn(16, generator=g, dtype=dtype), dim=0).to(DEVICE)
     v = torch.nn.functional.normalize(torch.randn(72, generator=g, dtype=dtype), dim=0).to(DEVICE)
+    # A post-hoc EMA's weights change every step: they must not become a device tensor per call.
+    shadows = [[torch.randn(5000, generator=g, dtype=dtype).to(DEVICE)] for _ in range(3)]
+    multi_params = [torch.randn(5000, generator=g, dtype=dtype).to(DEVICE)]
+    multi_weights = iter(range(1, 10**6))
 
     def run():
         y = gk.ops.bias_act(x, b, act="tanh", clamp=2.0, impl=backend)
         y.backward(torch.ones_like(y))
         ema_update_(shadow, params, 0.01, impl=backend)
+        step = next(multi_weights)
+        gk.ops.ema_update_multi_(shadows, multi_params, [1 / (step + 1), 0.5 / step, 0.0], impl=backend)
         pen, _ = norm_penalty(grads, 1.0, 10.0, impl=backend)
         pen.backward()
         s, u2, v2 = sn.power_iteration_(w, u, v, 0, 1, 1e-12, backend)
