@@ -25,6 +25,7 @@ from typing import Union
 import torch
 from torch import nn
 
+from .._atomic_io import atomic_torch_save as _atomic_save
 from ..ops.ema.multi import PlannedEmaMultiUpdate
 from .ema import HALF, unwrap
 from .power_ema import check_sigma_rel, power_beta, sigma_rel_to_gamma, solve_coefficients
@@ -204,29 +205,8 @@ class PostHocEMA(nn.Module):
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same directory, fsync, rename over path, fsync the
-    directory: path holds the old or the new content, never a torn one; on error the temporary
-    file is removed and earlier snapshots are untouched."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise OSError(e.errno, f"could not write EMA snapshot {path!r}: {e.strerror or e} "
-                               f"(earlier snapshots are kept)") from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """A snapshot written atomically (gankern._atomic_io): a failed write keeps every earlier one."""
+    _atomic_save(obj, path, what="EMA snapshot", kept="earlier snapshots are kept")
 
 
 def _writes_files() -> bool:

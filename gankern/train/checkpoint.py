@@ -15,6 +15,8 @@ import zipfile
 
 import torch
 
+from .._atomic_io import atomic_torch_save
+
 FORMAT = "gankern.GANTrainer"
 VERSION = 1
 
@@ -25,21 +27,8 @@ class CheckpointError(ValueError):
 
 def atomic_save(obj, path) -> None:
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # full disk, quota, permissions: the old checkpoint is untouched
-        kept = " (the previous checkpoint there is kept)" if os.path.exists(path) else ""
-        raise OSError(e.errno, f"could not write checkpoint {path!r}: {e.strerror or e}{kept}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    kept = "the previous checkpoint there is kept" if os.path.exists(path) else "nothing was there before"
+    atomic_torch_save(obj, path, what="checkpoint", kept=kept)
 
 
 def read(path) -> dict:
