@@ -102,9 +102,9 @@ void norm_penalty_backward_cpu(uintptr_t gp, uintptr_t gn, uintptr_t grads, uint
 
 #ifdef GANKERN_WITH_CUDA
 void norm_penalty_cuda(uintptr_t grads, uintptr_t norms, uintptr_t penalty, int64_t B, int64_t N,
-                       int dtype, double center, double weight, uintptr_t stream) {
+                       int dtype, double center, double weight, uintptr_t workspace, uintptr_t stream) {
   check_cuda(gankern_norm_penalty_cuda(as_ptr(grads), as_ptr(norms), as_ptr(penalty), B, N, dtype,
-                                       center, weight, as_ptr(stream)), "norm_penalty");
+                                       center, weight, as_ptr(workspace), as_ptr(stream)), "norm_penalty");
 }
 
 void norm_penalty_backward_cuda(uintptr_t gp, uintptr_t gn, uintptr_t grads, uintptr_t norms,
@@ -234,6 +234,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("norm_penalty_backward_cpu", &norm_penalty_backward_cpu);
   m.def("bias_act_cpu", &bias_act_cpu);
 #ifdef GANKERN_WITH_CUDA
+  m.def("norm_penalty_workspace_elems", &gankern_norm_penalty_workspace_elems);
   m.def("norm_penalty_cuda", &norm_penalty_cuda);
   m.def("norm_penalty_backward_cuda", &norm_penalty_backward_cuda);
   m.def("bias_act_cuda", &bias_act_cuda);

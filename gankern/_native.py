@@ -499,8 +499,15 @@ def norm_penalty(grads: torch.Tensor, center: float, weight: float, backend: str
     penalty = torch.empty((), dtype=acc, device=grads.device)
     args = (grads.data_ptr(), norms.data_ptr(), penalty.data_ptr(), b, n, DTYPE_CODES[grads.dtype],
             float(center), float(weight))
-    _launch("norm_penalty", grads.device, args, backend=backend)
+    _launch("norm_penalty", grads.device, args, workspace=lambda: _norm_penalty_workspace(grads, b, n),
+            backend=backend)
     return penalty, norms
+
+
+def _norm_penalty_workspace(grads: torch.Tensor, b: int, n: int) -> torch.Tensor:
+    """float64 partial sums of a small batch's row slices (empty when the CUDA forward does not slice)."""
+    C = _C if grads.device.type == "cuda" else _load_cuda_sim()  # a CPU tensor: cuda_sim's
+    return torch.empty(C.norm_penalty_workspace_elems(b, n), dtype=torch.float64, device=grads.device)
 
 
 def norm_penalty_backward(grad_penalty: torch.Tensor, grad_norms: torch.Tensor, grads: torch.Tensor,

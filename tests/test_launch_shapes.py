@@ -58,9 +58,15 @@ def test_ema_chunks_split_over_blocks(backend, sd, pd):
 @pytest.mark.parametrize("dtype,scale", [(torch.float32, 1.0), (torch.bfloat16, 1.0), (torch.float64, 1.0),
                                          (torch.float64, 1e300), (torch.float64, 1e-300)])
 def test_norm_penalty_small_batch_long_rows(backend, dtype, scale):
-    """Batch 2 of 49,152-element rows: the Triton forward splits each row over 3 programs; float64
-    rows at 1e300 / 1e-300 take the rescaled pass after the split sums over- or underflow."""
+    """Batch 2 of 49,152-element rows: the Triton forward splits each row over 3 programs, the CUDA
+    one over 6 blocks (partials in a workspace); float64 rows at 1e300 / 1e-300 take the rescaled
+    pass after the split sums over- or underflow."""
+    from gankern import _native
     from gankern.ops.norm_penalty import norm_penalty
+
+    if backend == "cuda_sim":  # the shape really takes the sliced launch, and a large batch does not
+        assert _native._load_cuda_sim().norm_penalty_workspace_elems(2, 3 * 128 * 128) == 2 * 6
+        assert _native._load_cuda_sim().norm_penalty_workspace_elems(256, 3 * 128 * 128) == 0
 
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 3, 128, 128, generator=g, dtype=torch.float64)

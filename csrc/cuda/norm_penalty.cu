@@ -1,6 +1,8 @@
 // CUDA backend of gk.ops.norm_penalty. Forward: one block per sample reduces its row (vector
 // of partial sums, warp shuffles, then shared memory), then one block reduces the B norms to the
-// penalty in a fixed order (deterministic, no atomics). Backward: a grid-stride scaled copy
+// penalty in a fixed order (deterministic, no atomics). A small batch of long rows would leave
+// most SMs idle, so its rows are cut into slices: a (slices x rows) grid writes double partial
+// sums to a workspace, and one block per row adds them in slice order (still deterministic). Backward: a grid-stride scaled copy
 // with the per-row coefficient recomputed from the saved norm. Sums of squares and coefficients
 // in double, with the CPU kernel's safe formulas for denormal and huge rows (issue 13).
 #include <cuda_runtime.h>
@@ -62,20 +64,55 @@ __device__ double row_sumsq(const T* row, int64_t N, double scale) {
   return block_reduce_all<Sum>(acc);
 }
 
+// The row's norm from its plain sum of squares `total` (the same value in every thread of the
+// block); a float64 row out of double's range is summed again, whole, by the block, rescaled.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) row_norm_kernel(const T* __restrict__ g,
-                                                            typename Acc<T>::type* __restrict__ norms,
-                                                            int64_t N) {
+__device__ void finish_norm(const T* row, int64_t N, double total, typename Acc<T>::type* norm) {
   using A = typename Acc<T>::type;
-  const T* row = g + int64_t(blockIdx.x) * N;
-  // Squares summed in double whatever T is (float32 squares under/overflow from ~1e-19/1e19).
-  const double total = row_sumsq(row, N, 1.0);
   double n = sqrt(total);
   if (sizeof(T) == sizeof(double)) {  // the same total in every thread: the branch is uniform
     if (total > kDoubleMax) n = sqrt(row_sumsq(row, N, kScaleDown)) * kScaleUp;
     else if (total < kTinySumsq) n = sqrt(row_sumsq(row, N, kScaleUp)) * kScaleDown;
   }
-  if (threadIdx.x == 0) norms[blockIdx.x] = A(n);
+  if (threadIdx.x == 0) *norm = A(n);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) row_norm_kernel(const T* __restrict__ g,
+                                                            typename Acc<T>::type* __restrict__ norms,
+                                                            int64_t N) {
+  const T* row = g + int64_t(blockIdx.x) * N;
+  // Squares summed in double whatever T is (float32 squares under/overflow from ~1e-19/1e19).
+  finish_norm(row, N, row_sumsq(row, N, 1.0), norms + blockIdx.x);
+}
+
+// Small batches: block (x, y) sums the squares of slice x of row y, elements
+// [x * chunk, min(N, (x + 1) * chunk)), in double, into parts[y * gridDim.x + x].
+template <typename T>
+__global__ void __launch_bounds__(kThreads) row_part_kernel(const T* __restrict__ g, double* __restrict__ parts,
+                                                            int64_t N, int64_t chunk) {
+  const T* row = g + int64_t(blockIdx.y) * N;
+  const int64_t lo = int64_t(blockIdx.x) * chunk, hi = lo + chunk < N ? lo + chunk : N;
+  double acc = 0.0;
+  for (int64_t j = lo + threadIdx.x; j < hi; j += kThreads) {
+    const double v = double(Convert<T>::load(row[j]));
+    acc += v * v;
+  }
+  acc = block_reduce_all<Sum>(acc);
+  if (threadIdx.x == 0) parts[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = acc;
+}
+
+// One block per row: its slices' partial sums added in slice order by every thread (a few dozen
+// cached reads, the same total everywhere), then the norm as in row_norm_kernel.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) row_norm_from_parts_kernel(const T* __restrict__ g,
+                                                                       const double* __restrict__ parts,
+                                                                       typename Acc<T>::type* __restrict__ norms,
+                                                                       int64_t N, int slices) {
+  const double* mine = parts + int64_t(blockIdx.x) * slices;
+  double total = 0.0;
+  for (int k = 0; k < slices; ++k) total += mine[k];
+  finish_norm(g + int64_t(blockIdx.x) * N, N, total, norms + blockIdx.x);
 }
 
 // weight * mean((n - c)^2) in double from the saved norms (a float32 norm beyond float32's range
@@ -152,11 +189,35 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const typename Acc<T
   }
 }
 
+// Rows are sliced when the batch fills fewer than kTargetBlocks blocks (about two per SM of a
+// large GPU), each slice at least kMinSlice elements (one block's worth of streaming).
+constexpr int64_t kTargetBlocks = 256, kMinSlice = 8192, kMaxSlices = 64;
+
+int64_t row_slices(int64_t B, int64_t N) {
+  if (B >= kTargetBlocks) return 1;
+  int64_t s = (kTargetBlocks + B - 1) / B;
+  if (s > N / kMinSlice) s = N / kMinSlice;
+  if (s > kMaxSlices) s = kMaxSlices;
+  return s < 1 ? 1 : s;
+}
+
 template <typename T>
 int forward(const void* g, void* norms, void* penalty, int64_t B, int64_t N, double c, double w,
-            cudaStream_t stream) {
+            void* workspace, cudaStream_t stream) {
   using A = typename Acc<T>::type;
-  launch_kernel(row_norm_kernel<T>, unsigned(B), kThreads, 0, stream, static_cast<const T*>(g), static_cast<A*>(norms), N);
+  const int64_t slices = row_slices(B, N);
+  if (slices > 1) {
+    if (workspace == nullptr) return int(cudaErrorInvalidValue);
+    const int64_t chunk = (N + slices - 1) / slices;
+    double* parts = static_cast<double*>(workspace);
+    launch_kernel(row_part_kernel<T>, dim3(unsigned(slices), unsigned(B)), kThreads, 0, stream,
+                  static_cast<const T*>(g), parts, N, chunk);
+    launch_kernel(row_norm_from_parts_kernel<T>, unsigned(B), kThreads, 0, stream, static_cast<const T*>(g),
+                  static_cast<const double*>(parts), static_cast<A*>(norms), N, int(slices));
+  } else {
+    launch_kernel(row_norm_kernel<T>, unsigned(B), kThreads, 0, stream, static_cast<const T*>(g),
+                  static_cast<A*>(norms), N);
+  }
   launch_kernel(penalty_kernel<A>, 1, kThreads, 0, stream, static_cast<const A*>(norms), static_cast<A*>(penalty), B, c, w);
   return int(cudaGetLastError());
 }
@@ -178,14 +239,19 @@ int backward(const void* gp, const void* gn, const void* g, const void* norms, v
 
 using namespace gankern;
 
+extern "C" int64_t gankern_norm_penalty_workspace_elems(int64_t B, int64_t N) {
+  const int64_t slices = row_slices(B, N);
+  return slices > 1 ? B * slices : 0;
+}
+
 extern "C" int gankern_norm_penalty_cuda(const void* g, void* norms, void* penalty, int64_t B, int64_t N,
-                                         int dtype, double c, double w, void* stream_ptr) {
+                                         int dtype, double c, double w, void* workspace, void* stream_ptr) {
   cudaStream_t s = static_cast<cudaStream_t>(stream_ptr);
   switch (dtype) {
-    case kFloat32: return forward<float>(g, norms, penalty, B, N, c, w, s);
-    case kFloat64: return forward<double>(g, norms, penalty, B, N, c, w, s);
-    case kFloat16: return forward<half_bits>(g, norms, penalty, B, N, c, w, s);
-    case kBFloat16: return forward<bf16_bits>(g, norms, penalty, B, N, c, w, s);
+    case kFloat32: return forward<float>(g, norms, penalty, B, N, c, w, workspace, s);
+    case kFloat64: return forward<double>(g, norms, penalty, B, N, c, w, workspace, s);
+    case kFloat16: return forward<half_bits>(g, norms, penalty, B, N, c, w, workspace, s);
+    case kBFloat16: return forward<bf16_bits>(g, norms, penalty, B, N, c, w, workspace, s);
   }
   return -1;
 }

@@ -21,8 +21,11 @@ int norm_penalty_backward_cpu(const void* grad_penalty, const void* grad_norms, 
 }  // namespace gankern
 
 extern "C" {
+// workspace: gankern_norm_penalty_workspace_elems(B, N) doubles (0: none needed, may be null);
+// small batches of long rows are summed in slices through it.
+int64_t gankern_norm_penalty_workspace_elems(int64_t B, int64_t N);
 int gankern_norm_penalty_cuda(const void* grads, void* norms, void* penalty, int64_t B, int64_t N,
-                              int dtype, double center, double weight, void* stream);
+                              int dtype, double center, double weight, void* workspace, void* stream);
 int gankern_norm_penalty_backward_cuda(const void* grad_penalty, const void* grad_norms,
                                        const void* grads, const void* norms, void* out, int64_t B,
                                        int64_t N, int dtype, double center, double weight,
