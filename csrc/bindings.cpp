@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gankern/build_info.h"  // gpu
+#include "gankern/index32.h"  // gpu2
 #include "gankern/ema.h"
 #include "gankern/ema_multi.h"  // ema
 #include "gankern/bias_act.h"  // gp
@@ -238,6 +239,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("norm_penalty_cuda", &norm_penalty_cuda);
   m.def("norm_penalty_backward_cuda", &norm_penalty_backward_cuda);
   m.def("bias_act_cuda", &bias_act_cuda);
+  m.def("set_index32_limit", &gankern_set_index32_limit);  // tests: force the 64-bit index kernels
 #endif
   // --- end gp ---
   // --- sn ---

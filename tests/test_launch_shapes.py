@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import backends_for
+from gankern import ops as gk_ops
 from gankern.ops import spectral_norm as sn_ops
 from gankern.testing import assert_close_to_reference
 from test_spectral_norm_ops import rand_problem, reference_power
@@ -78,3 +79,53 @@ def test_norm_penalty_small_batch_long_rows(backend, dtype, scale):
     if scale == 1.0:
         pen_ref = 10.0 * ((norms_ref - 1.0) ** 2).mean()
         assert abs(pen.double().item() - pen_ref.item()) / pen_ref.item() < 1e-5
+
+
+@pytest.fixture
+def index64_forced():
+    """The CUDA harness with its 32-bit index limit at 0: every elementwise launch takes the int64_t
+    kernels huge tensors use (gankern/index32.h); restored afterwards."""
+    from gankern import _native
+
+    C = _native._load_cuda_sim()
+    default = C.set_index32_limit(0)
+    assert C.set_index32_limit(0) == 0  # the hook really holds the value the launchers read
+    yield
+    C.set_index32_limit(-1)
+    assert C.set_index32_limit(-1) == default
+
+
+def _bias_act_and_sn_backward(dtype):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 5, 7, 9, generator=g, dtype=torch.float64).to(dtype).requires_grad_()  # C = 5, inner = 63
+    b = torch.randn(5, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    y = gk_ops.bias_act(x, b, act="lrelu", clamp=0.7, impl="cuda_sim")
+    dx, db = torch.autograd.grad(y.square().sum(), (x, b), create_graph=True)
+    ddx, = torch.autograd.grad(dx.sum() + db.sum(), x)
+    w, u, v = rand_problem((12, 7, 3, 3), 1, dtype, seed=5)
+    wr = w.clone().requires_grad_()
+    sn_ops.normalize(wr, u, v, None, 1, "cuda_sim").backward(torch.randn(w.shape, generator=g, dtype=torch.float64).to(dtype))
+    return [t.detach() for t in (y, dx, db, ddx, wr.grad)]
+
+
+@pytest.mark.skipif("cuda_sim" not in backends_for(["cuda"]), reason="the CUDA host harness is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_index64_kernels_equal_the_index32_ones(dtype, request):
+    """bias_act and the SN backward's elementwise pass index in 32 bits unless the tensor is too big;
+    the 64-bit instantiations (forced here on small tensors) give the same bits, and both match
+    float64 autograd."""
+    index32 = _bias_act_and_sn_backward(dtype)
+    request.getfixturevalue("index64_forced")
+    index64 = _bias_act_and_sn_backward(dtype)
+    for a, b, name in zip(index32, index64, ("y", "dx", "db", "ddx", "dW")):
+        assert torch.equal(a, b), name
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 5, 7, 9, generator=g, dtype=torch.float64)
+    b = torch.randn(5, generator=g, dtype=torch.float64)
+    y64 = gk_ops.bias_act(x.to(dtype).double(), b.to(dtype).double(), act="lrelu", clamp=0.7, impl="reference")
+    assert_close_to_reference(index64[0], y64, dtype, name="y")
+    w, u, v = rand_problem((12, 7, 3, 3), 1, dtype, seed=5)
+    wr = w.double().requires_grad_()
+    sn_ops.normalize(wr, u.double(), v.double(), None, 1, "reference").backward(
+        torch.randn(w.shape, generator=g, dtype=torch.float64).to(dtype).double())
+    assert_close_to_reference(index64[4], wr.grad, dtype, name="dW")

@@ -1,9 +1,11 @@
 // CUDA backend of gk.ops.bias_act: a grid-stride elementwise kernel, activation and mode as
 // template parameters so each instantiation is branch-free; the math is shared with the CPU
-// kernel through gankern/bias_act.h.
+// kernel through gankern/bias_act.h. Indices are 32-bit when the tensor allows (gankern/index32.h):
+// the channel of every element is a divide and a modulo.
 #include <cuda_runtime.h>
 
 #include "gankern/bias_act.h"
+#include "gankern/index32.h"
 #include "gankern/launch.h"
 
 namespace gankern {
@@ -11,14 +13,14 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <int ACT, int MODE, typename T>
+template <int ACT, int MODE, typename T, typename I>
 __global__ void __launch_bounds__(kThreads) bias_act_kernel(
     const T* __restrict__ x, const typename Acc<T>::type* __restrict__ bias, const T* __restrict__ dy,
-    const T* __restrict__ v, T* __restrict__ out, int64_t n, int64_t C, int64_t inner, double alpha_d,
+    const T* __restrict__ v, T* __restrict__ out, I n, I C, I inner, double alpha_d,
     double gain_d, double clamp_d, bool has_clamp) {
   using A = typename Acc<T>::type;
   const A alpha = A(alpha_d), gain = A(gain_d), clamp = A(clamp_d);
-  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += int64_t(gridDim.x) * kThreads) {
+  for (I i = I(blockIdx.x) * kThreads + threadIdx.x; i < n; i += I(gridDim.x) * kThreads) {
     const A b = bias ? bias[(i / inner) % C] : A(0);
     A extra = A(0);
     if (MODE >= 1) extra = A(Convert<T>::load(dy[i]));
@@ -34,9 +36,16 @@ int launch(const void* x, const void* bias, const void* dy, const void* v, void*
   using A = typename Acc<T>::type;
   int64_t blocks = (n + kThreads - 1) / kThreads;
   blocks = blocks > 65536 ? 65536 : (blocks < 1 ? 1 : blocks);
-  launch_kernel(bias_act_kernel<ACT, MODE, T>, unsigned(blocks), kThreads, 0, s,
-      static_cast<const T*>(x), static_cast<const A*>(bias), static_cast<const T*>(dy),
-      static_cast<const T*>(v), static_cast<T*>(out), n, C, inner, alpha, gain, clamp, hc);
+  if (fits_index32(n)) {
+    launch_kernel(bias_act_kernel<ACT, MODE, T, uint32_t>, unsigned(blocks), kThreads, 0, s,
+        static_cast<const T*>(x), static_cast<const A*>(bias), static_cast<const T*>(dy),
+        static_cast<const T*>(v), static_cast<T*>(out), uint32_t(n), uint32_t(C), uint32_t(inner), alpha, gain,
+        clamp, hc);
+  } else {
+    launch_kernel(bias_act_kernel<ACT, MODE, T, int64_t>, unsigned(blocks), kThreads, 0, s,
+        static_cast<const T*>(x), static_cast<const A*>(bias), static_cast<const T*>(dy),
+        static_cast<const T*>(v), static_cast<T*>(out), n, C, inner, alpha, gain, clamp, hc);
+  }
   return int(cudaGetLastError());
 }
 

@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "gankern/common.h"
+#include "gankern/index32.h"
 #include "gankern/spectral_norm.h"
 #include "gankern/launch.h"
 
@@ -194,15 +195,15 @@ __global__ void backward_coefficients(const A* __restrict__ partials, int n_part
   }
 }
 
-// out = G / sigma - c * u v^T, elementwise on the (A, M, B) view.
-template <typename T, typename A>
+// out = G / sigma - c * u v^T, elementwise on the (A, M, B) view. I: uint32_t when n fits
+// (gankern/index32.h), so the two divides per element are 32-bit.
+template <typename T, typename A, typename I>
 __global__ void backward_apply(const T* __restrict__ g, const T* __restrict__ u,
-                               const T* __restrict__ v, int64_t M, int64_t B, int64_t n,
+                               const T* __restrict__ v, I M, I B, I n,
                                const A* __restrict__ scalars, T* __restrict__ out) {
   const A c = scalars[2], rs = scalars[3];
-  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
-       j += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = j / B, b = j - r * B, a = r / M, i = r - a * M;
+  for (I j = I(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += I(gridDim.x) * blockDim.x) {
+    const I r = j / B, b = j - r * B, a = r / M, i = r - a * M;
     out[j] = Convert<T>::store(A(Convert<T>::load(g[j])) * rs -
                                c * A(Convert<T>::load(u[i])) * A(Convert<T>::load(v[a * B + b])));
   }
@@ -293,7 +294,13 @@ int normalize_backward(const void* gp, const void* wp, int64_t Aa, int64_t M, in
   launch_kernel(grad_dot_partials<T, A>, n_partials, kThreads, 0, stream, g, w, n, partials);
   launch_kernel(backward_coefficients<T, A>, 1, kSingleBlock, 0, stream, partials, n_partials,
                                                              static_cast<const T*>(sigma), sc);
-  launch_kernel(backward_apply<T, A>, grid_for(n), kThreads, 0, stream, g, u, v, M, B, n, sc, static_cast<T*>(outp));
+  if (fits_index32(n)) {
+    launch_kernel(backward_apply<T, A, uint32_t>, grid_for(n), kThreads, 0, stream, g, u, v, uint32_t(M),
+                  uint32_t(B), uint32_t(n), static_cast<const A*>(sc), static_cast<T*>(outp));
+  } else {
+    launch_kernel(backward_apply<T, A, int64_t>, grid_for(n), kThreads, 0, stream, g, u, v, M, B, n,
+                  static_cast<const A*>(sc), static_cast<T*>(outp));
+  }
   return int(cudaGetLastError());
 }
 
