@@ -25,12 +25,12 @@ export PYTHONPATH="$WORK" OMP_NUM_THREADS=1
 NOT_RAISING="not compile and not costs_nothing and not bad and not reject and not raise and not alias and not checks and not opcheck"
 # The op tests drive every launcher (tests/test_cuda_sim_mutants.py shows each one is needed);
 # the module, conformance and training tests repeat the same kernels on larger models.
-OP_TESTS="tests/test_bias_act.py tests/test_norm_penalty.py tests/test_spectral_norm_ops.py tests/test_ema_op.py tests/test_ema_multi_op.py tests/test_fuzz_ops.py"
+OP_TESTS="tests/test_bias_act.py tests/test_norm_penalty.py tests/test_spectral_norm_ops.py tests/test_ema_op.py tests/test_ema_multi_op.py tests/test_fuzz_ops.py tests/test_launch_shapes.py"
 # TSan: the kernels with block-level cooperation (shared memory, barriers, shuffles) are
 # norm_penalty's and spectral norm's; EMA's run too, for races between blocks. bias_act is a
 # grid-stride elementwise kernel (ASan checks its indexing). gradcheck, fuzz and opcheck repeat
 # the same launches thousands of times, which costs minutes under TSan and finds nothing new.
-TSAN_TESTS="tests/test_norm_penalty.py tests/test_spectral_norm_ops.py tests/test_ema_op.py tests/test_ema_multi_op.py"
+TSAN_TESTS="tests/test_norm_penalty.py tests/test_spectral_norm_ops.py tests/test_ema_op.py tests/test_ema_multi_op.py tests/test_launch_shapes.py"
 TSAN_SELECT="cuda_sim and not gradcheck and not opcheck and not compile and not fuzz"
 if [ "${GANKERN_SIM_FULL:-0}" = 1 ]; then OP_TESTS=tests TSAN_TESTS=tests TSAN_SELECT=cuda_sim; fi
 loaded_from_work() {
