@@ -3,6 +3,7 @@
 
     python scripts/crossover.py bias_act [--threads 1] [--rounds 15]
     python scripts/crossover.py gp_dstep [--threads 1] [--rounds 15]
+    python scripts/crossover.py sn_layers [--threads 1] [--rounds 15]
 
 bias_act: the op alone, fwd+bwd of bias + lrelu at growing sizes, plain (x + b, leaky_relu)
 and fused; prints plain time / fused time (above 1 the fused path wins).
@@ -10,7 +11,11 @@ gp_dstep: a WGAN-GP D step (loss on real and fake + penalty, one backward) of th
 MLP and DCGAN-32 critics at batch 16: the unfused D with the hand-written penalty, the unfused D
 with gk.gradient_penalty, fuse_bias_act(D) with small layers (<= 128K elements) plain, and
 fuse_bias_act(D) fused everywhere; prints each as unfused-hand time / its time.
-gankern/ops/bias_act/__init__.py cites both. Paths run interleaved, timed in thread CPU time
+sn_layers: one layer's SN training forward + backward (read the weight, backward a cotangent
+into it) for the layer shapes of the bench's SN discriminators, gk.spectral_norm vs torch's
+parametrization vs the plain layer; prints each SN's overhead over the plain layer and torch's
+overhead / gankern's (csrc/cpu/spectral_norm.cpp cites it).
+gankern/ops/bias_act/__init__.py cites bias_act and gp_dstep. Paths run interleaved, timed in thread CPU time
 (time.thread_time: a busy machine preempts a thread without charging it); medians.
 """
 
@@ -85,6 +90,34 @@ def gp_dstep_cases():
                      "fused everywhere": lambda s=step, d=fused: s(d, T.gankern_gp)}
 
 
+SN_LAYER_SHAPES = ((128, 3, 3, 3), (128, 3, 1, 1), (128, 128, 1, 1), (1, 128), (128, 128, 3, 3),
+                   (64, 3, 4, 4), (1, 512, 4, 4), (256, 128, 4, 4), (512, 256, 4, 4))
+
+
+def sn_layer_cases():
+    from torch import nn
+    from torch.nn.utils.parametrizations import spectral_norm as torch_sn
+
+    import gankern as gk
+
+    def layer(shape):
+        torch.manual_seed(0)
+        if len(shape) == 2:
+            return nn.Linear(shape[1], shape[0], bias=False)
+        return nn.Conv2d(shape[1], shape[0], shape[2:], bias=False)
+
+    def step(module, cot):
+        def run():
+            module.zero_grad(set_to_none=True)
+            module.weight.backward(cot)
+        return run
+
+    for shape in SN_LAYER_SHAPES:
+        cot = torch.randn(shape)
+        yield shape, {"plain": step(layer(shape), cot), "gankern": step(gk.spectral_norm(layer(shape)), cot),
+                      "torch": step(torch_sn(layer(shape)), cot)}
+
+
 def _medians(runs: dict, rounds: int, inner: int) -> dict:
     times = {k: [] for k in runs}
     for fn in runs.values():
@@ -100,7 +133,7 @@ def _medians(runs: dict, rounds: int, inner: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("op", choices=("bias_act", "gp_dstep"))
+    parser.add_argument("op", choices=("bias_act", "gp_dstep", "sn_layers"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
@@ -111,6 +144,14 @@ def main(argv=None) -> int:
             base = med["unfused D, hand-written GP"]
             print(f"{name}: " + ", ".join(f"{k} {v * 1e3:.2f} ms ({base / v:.3f}x)" for k, v in med.items()),
                   flush=True)
+        return 0
+    if args.op == "sn_layers":
+        for shape, runs in sn_layer_cases():
+            med = _medians(runs, args.rounds, 20)
+            gk_over, torch_over = med["gankern"] - med["plain"], med["torch"] - med["plain"]
+            print(f"{str(shape):18s} plain {med['plain'] * 1e6:7.1f} us  SN overhead: gankern "
+                  f"{gk_over * 1e6:7.1f} us, torch {torch_over * 1e6:7.1f} us  torch/gankern "
+                  f"{torch_over / gk_over:.2f}", flush=True)
         return 0
     for shape, numel, plain, fused in bias_act_cases():
         med = _medians({"plain": plain, "fused": fused}, args.rounds, max(1, int(1e6 // numel)))
