@@ -295,6 +295,9 @@ void scale(const T* w, int64_t n, const T* sigma, T* out) {
   // A multiply by 1/sigma (within an ulp of torch's division, and several times cheaper).
   const A r = A(1) / A(Convert<T>::load(*sigma));
   auto range = use_avx2() ? scale_avx2<T, A> : scale_generic<T, A>;
+  // Serial below the grain by a plain branch: the former "#pragma omp parallel for simd if (n >=
+  // grain)" also switched simd off below it (OpenMP 5 applies a bare if to every constituent
+  // construct), so GCC ran small layers scalar (128x27 fp32 3.7 us, 2x torch's div).
   if (n < kParallelGrain) {
     range(w, r, out, 0, n);
     return;
