@@ -4,7 +4,8 @@
 // Accumulation is in double for float64 and float otherwise (vectorized by omp simd).
 // The loops over W are compiled twice (baseline ISA and AVX2+FMA, gankern/cpu_dispatch.h): the
 // SSE2 build lost to torch's mv/div on cache-resident mid-sized layers (128x1152 fp32, one
-// thread: power iteration 45 us vs torch's two mv 41 us, sigma 20 vs 12, W/sigma 22 vs 17).
+// thread: power iteration 45 us vs torch's two mv 41 us, sigma 20 vs 12, W/sigma 22 vs 17;
+// with the AVX2 copy 22, 10 and 14 us, the backward 46 -> 29 us).
 // AVX2 without FMA: the kLanes partial sums make the two copies round identically (FMA moved
 // u past the float32 conformance bound with torch, 1.2e-5 on a ConvTranspose2d), and the loops
 // are bound by reading W, not by arithmetic.
