@@ -3,7 +3,7 @@
 Each implementation's result is checked against the float64 reference before it is timed (a
 wrong result shows WRONG and no time); the survivors are timed side by side in this process.
 speedup = baseline time / time (baseline marked *); % floor = how close a memory-bound case
-comes to a plain streaming kernel (copy, in-place add) moving the same bytes, timed the same way.
+comes to a plain streaming kernel (read-only sum, copy, in-place add) moving the same bytes, timed the same way.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def main(args) -> int:
         print(f"warning: load average {load:.1f} on {cores} cores: other processes share this CPU, "
               f"so times are noisy (compare ratios, and the best_s column of the JSON)", file=sys.stderr)
     bandwidth = machine.measure_bandwidth(device)
-    print(f"DRAM copy bandwidth {bandwidth / 1e9:.1f} GB/s; each case's floor is the faster of a copy and an "
-          f"in-place add of its own bytes, timed like it (so it holds at whatever cache level the data fits)",
+    print(f"DRAM copy bandwidth {bandwidth / 1e9:.1f} GB/s; each case's floor is the fastest of a sum, a copy "
+          f"and an in-place add of its own bytes, timed like it (so it holds at whatever cache level the data fits)",
           file=sys.stderr)
 
     bar = None
@@ -128,7 +128,7 @@ def main(args) -> int:
         payload["command"] = _command_line(args)
         payload["threads"] = torch.get_num_threads()
         payload["loadavg_1m_end"] = machine.load_average()
-        payload["floor"] = "the faster of a copy and an in-place add of the case's bytes, timed like it"
+        payload["floor"] = "the fastest per byte of a read-only sum, a copy and an in-place add of the case's bytes (and of half of them), timed like it"
         report.write_json(args.json, payload)
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
