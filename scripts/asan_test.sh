@@ -5,13 +5,8 @@
 # exercise the cpu backend). Needs the .venv of scripts/setup_env.sh and gcc's libasan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
-# shellcheck disable=SC1091
-. .venv/bin/activate
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/gankern-asan.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-git ls-files -z --cached --others --exclude-standard | grep -zv '^\.venv/' | \
-  (cd "$ROOT" && xargs -0 cp --parents -t "$WORK")
+# shellcheck source=scripts/lib/private_copy.sh
+. scripts/lib/private_copy.sh gankern-asan
 cd "$WORK"
 echo "== ASan build in $WORK"
 GANKERN_SKIP_CUDA=1 GANKERN_BUILD_TEMP="$WORK/build/asan" \

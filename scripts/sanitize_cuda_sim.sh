@@ -7,13 +7,8 @@
 # and libtsan). GANKERN_SIM_FULL=1 runs every cuda_sim test under each sanitizer (slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
-# shellcheck disable=SC1091
-. .venv/bin/activate
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/gankern-simsan.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-git ls-files -z --cached --others --exclude-standard | grep -zv '^\.venv/' | \
-  (cd "$ROOT" && xargs -0 cp --parents -t "$WORK")
+# shellcheck source=scripts/lib/private_copy.sh
+. scripts/lib/private_copy.sh gankern-simsan
 # The plain gankern._C (CPU kernels) comes along so the suite imports as usual; the harness
 # module is built below, once per sanitizer.
 cp "$ROOT"/gankern/_C*.so "$WORK/gankern/" 2>/dev/null || true

@@ -23,13 +23,8 @@ STEPS = 200
 TOL = 1e-12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a loaded 2-core machine two threads per op cost 100x (17 s vs 0.1 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: two threads per op only add wake-ups on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model():

@@ -24,13 +24,8 @@ from gankern.nn import posthoc_ema as posthoc_module
 from gankern.nn import posthoc_ema_cli
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: two threads per op only add wake-ups on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: two threads per op only add wake-ups on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def paper_sigma_rel(gamma):
