@@ -190,6 +190,38 @@ POSTHOC_SIGMA_RELS = (0.05, 0.10)  # EDM2's two tracked profiles: K = 2
 POSTHOC_STEP = 1000  # the power-EMA weights of update 1000: 1 - (1 - 1/t)^(gamma + 1)
 
 
+def _ema_pytorch_posthoc_impl(shadows: list, params: list[torch.Tensor], mixed: bool) -> Impl:
+    """ema-pytorch's PostHocEMA when installed: K KarrasEMA profiles over the same tensors, each
+    placed at update POSTHOC_STEP so its decay is the one the fused row uses (its step counter
+    then advances per timed call, as in training); snapshots are left to 'manual'."""
+    label = "ema-pytorch PostHocEMA"
+    try:
+        from ema_pytorch import PostHocEMA as PostHocEmaPytorch
+    except ImportError:
+        return Impl(label, run=lambda: None, skip="ema_pytorch not installed")
+    if mixed:
+        return Impl(label, run=lambda: None, skip="ema-pytorch keeps the profiles in the param dtype")
+    import tempfile
+
+    online = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in params])
+    folder = tempfile.mkdtemp(prefix="gankern-bench-posthoc-")  # it creates it even when manual
+    ema = PostHocEmaPytorch(online, sigma_rels=POSTHOC_SIGMA_RELS, update_every=1,
+                            checkpoint_every_num_steps="manual", checkpoint_folder=folder)
+    with torch.no_grad():
+        for profile, shadow in zip(ema.ema_models, shadows):
+            for dst, src in zip(profile.ema_model.parameters(), shadow):
+                dst.copy_(src)
+            profile.initted.fill_(True)
+            # Its update increments step, then decays by (1 - 1/(step + 1))^(gamma + 1).
+            profile.step.fill_(POSTHOC_STEP - 2)
+
+    def run():
+        ema.update()
+        return [list(profile.ema_model.parameters()) for profile in ema.ema_models]
+
+    return Impl(label, run=run)
+
+
 def make_posthoc_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.device, model: str,
                       seed: int = 0) -> Case:
     """Post-hoc EMA: K shadows of one parameter list per step, fused (params read once) against
@@ -247,9 +279,7 @@ def make_posthoc_case(shapes: list[tuple], param_dtype: torch.dtype, device: tor
 
     impls.append(Impl(f"{k} x torch._foreach_lerp_" + (" (params upcast once)" if mixed else ""),
                       run=foreach, is_baseline=True))
-    impls.append(Impl("ema-pytorch PostHocEMA", run=lambda: None,
-                      skip="not timed here: it runs one KarrasEMA update per profile, i.e. the "
-                           f"{k} x _foreach_lerp_ row at best"))
+    impls.append(_ema_pytorch_posthoc_impl(fresh(), params, mixed))
     itemsize = torch.empty((), dtype=param_dtype).element_size()
     label = "fp32" if not mixed else f"{str(param_dtype).replace('torch.', '')} params, fp32 shadows"
     return Case(op="ema", name=f"post-hoc EMA K={k}, {model} G, {label}", impls=impls, error=error,
