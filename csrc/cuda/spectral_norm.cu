@@ -62,7 +62,11 @@ __device__ A block_sum(A v) {
   return v;
 }
 
-// t[i] = sum_k W(i, k) x[k], W(i, a*B + b) at (a*M + i)*B + b. One block per row.
+// t[i] = sum_k W(i, k) x[k], W(i, a*B + b) at (a*M + i)*B + b. One block per row. Summed in
+// double whatever T (so is cols_dot): in float the CUDA u drifted 3x further from torch's than
+// the CPU backend's after two training steps of an ill-conditioned ConvTranspose weight (1.1e-5,
+// over the 1e-5 float32 tolerance; 6.5e-6 in double). Memory-bound: the FP64 FMAs cost nothing
+// on sm_80/sm_90.
 // The threads stride over all K = Aa*B columns of the row, not over b within each a: for a
 // dim=1 weight (ConvTranspose, B = kh*kw = 9 or 16) a loop over b kept 9-16 of 256 threads
 // busy. (a, b) advance by (blockDim / B, blockDim % B) with a carry: no divide per element.
@@ -73,9 +77,9 @@ __global__ void rows_dot(const T* __restrict__ w, const X* __restrict__ x, int64
   const int64_t K = Aa * B;
   const int64_t da = blockDim.x / B, db = blockDim.x - da * B;
   int64_t a = threadIdx.x / B, b = threadIdx.x - (threadIdx.x / B) * B;
-  A acc = A(0);
+  double acc = 0.0;
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
-    acc += A(Convert<T>::load(w[(a * M + i) * B + b])) * A(Convert<X>::load(x[k]));
+    acc += double(Convert<T>::load(w[(a * M + i) * B + b])) * double(Convert<X>::load(x[k]));
     a += da;
     b += db;
     if (b >= B) {
@@ -84,7 +88,7 @@ __global__ void rows_dot(const T* __restrict__ w, const X* __restrict__ x, int64
     }
   }
   acc = block_sum(acc);
-  if (threadIdx.x == 0) t[i] = acc;
+  if (threadIdx.x == 0) t[i] = A(acc);
 }
 
 // u = t / max(||t||, eps); scalars[0] = max(||t||, eps).
@@ -116,9 +120,9 @@ __global__ void cols_dot(const T* __restrict__ w, const A* __restrict__ t, int64
   const A inv = A(1) / scalars[0];
   const int64_t i0 = int64_t(blockIdx.y) * rows_per_slice;
   const int64_t i1 = i0 + rows_per_slice < M ? i0 + rows_per_slice : M;
-  A acc = A(0);
-  for (int64_t i = i0; i < i1; ++i) acc += A(Convert<T>::load(col[i * B])) * (t[i] * inv);
-  parts[int64_t(blockIdx.y) * K + k] = acc;
+  double acc = 0.0;
+  for (int64_t i = i0; i < i1; ++i) acc += double(Convert<T>::load(col[i * B])) * double(t[i] * inv);
+  parts[int64_t(blockIdx.y) * K + k] = A(acc);
 }
 
 // v = s / max(||s||, eps); sigma = ||s||^2 / max(||s||, eps) (= u^T W v); copies on the last.
