@@ -724,10 +724,15 @@ class SnPlan:
 # ----------------------------------------------------------------------------------------------
 # bias_act (gp)
 # ----------------------------------------------------------------------------------------------
+# Tensor types whose attribute reads are the plain tensor's: nn.Parameter disables
+# __torch_function__, and a layer's bias reaches bias_act as one (DeferredBiasAct, BiasAct).
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def _bias_act_args_ok(mode: int, x, b, dy, v, inner: int, channels: int) -> bool:
     """All checks of bias_act below in one pass of attribute reads: True means every one passes.
-    Anything else (a subclass, a layout to explain) goes through the checks that name it."""
-    if type(x) is not torch.Tensor:
+    Anything else (another subclass, a layout to explain) goes through the checks that name it."""
+    if type(x) not in _PLAIN_TENSOR_TYPES:
         return False
     dtype, device = x.dtype, x.device
     if dtype not in DTYPE_CODES:
@@ -740,12 +745,12 @@ def _bias_act_args_ok(mode: int, x, b, dy, v, inner: int, channels: int) -> bool
     shape, n = x.shape, x.numel()
     stride = x.stride() if n > 1 else None
     for t, needed in ((dy, mode >= 1), (v, mode == 2)):
-        if needed and not (type(t) is torch.Tensor and t.dtype == dtype and t.device == device
+        if needed and not (type(t) in _PLAIN_TENSOR_TYPES and t.dtype == dtype and t.device == device
                            and t.shape == shape and (stride is None or t.stride() == stride)):
             return False
     if b is not None:
         tile = channels * inner
-        if not (type(b) is torch.Tensor and b.dtype == _acc_of(dtype) and b.device == device
+        if not (type(b) in _PLAIN_TENSOR_TYPES and b.dtype == _acc_of(dtype) and b.device == device
                 and b.shape == (channels,) and b.is_contiguous() and (n == 0 or (n % tile == 0 and tile <= n))):
             return False
     return True

@@ -403,7 +403,7 @@ def test_native_checks_reject_bad_pointers():
     lrelu = ACTS["lrelu"]
     ok = _native.bias_act(1, lrelu, x, b, dy, None, 0.2, 1.0, None, 4, 3)
     torch.testing.assert_close(ok, torch.where(x + b[:, None] > 0, dy, 0.2 * dy))
-    # A subclass (a Parameter) takes the explaining checks and still runs.
+    # A Parameter (any layer's bias) runs too; other subclasses take the explaining checks.
     torch.testing.assert_close(_native.bias_act(1, lrelu, torch.nn.Parameter(x), b, dy, None, 0.2, 1.0, None, 4, 3), ok)
     bad = [
         (dict(x=x.transpose(0, 2)), ValueError, "x must be dense"),

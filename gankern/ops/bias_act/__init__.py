@@ -94,6 +94,8 @@ def _bias_grad(dx: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
         # (19 us), each run first 1.4x for long ones (451 us).
         shape = dx.shape
         inner = dx.stride(dim)
+        if inner == 1:  # channels last in memory (an MLP's (B, C)): one row sum, 3.3 vs 5.6 us at (16, 512)
+            return dx.view(-1, shape[dim]).sum(0, dtype=b.dtype)
         rows = dx.view(-1, shape[dim], inner)
         if inner < 64:
             return rows.sum(0, dtype=b.dtype).sum(1)
@@ -261,13 +263,43 @@ def canonical_act(act) -> str:
     return name
 
 
-def check_bias_act_args(x, b, act, alpha, gain, clamp, dim):
-    """Validate a bias_act call; returns (alpha, gain, clamp, dim) normalized."""
-    check_tensor(x, "x", dtypes=FLOAT_DTYPES)
+def _scalar_args(act, alpha, gain, clamp):
+    """(act, alpha, gain, clamp) validated and normalized (act's own name, floats)."""
     act = canonical_act(act)
     alpha = _float_arg(DEFAULT_ALPHA.get(act, 0.0) if alpha is None else alpha, "alpha")
     gain = _float_arg(gain, "gain")
     clamp = None if clamp is None else _float_arg(clamp, "clamp", min_value=0.0)
+    return act, alpha, gain, clamp
+
+
+# Every layer calls with the same few scalar arguments every step, and checking them is ~1/3 of
+# the Python cost of a call: the normalized result is kept per (value, exact type). Only exact
+# str/float/int/None are keys (a subclass could hash or compare as something else; bool is not
+# int here), and only arguments that passed are stored, so a bad value is checked every time.
+# Zeros are not stored: -0.0 == 0.0 as a key, but a gain of -0.0 flips the sign of zero outputs.
+_SCALAR_TYPES = (float, int, type(None))
+_scalar_cache: dict = {}
+
+
+def _scalar_args_cached(act, alpha, gain, clamp):
+    ta, tg, tc = type(alpha), type(gain), type(clamp)
+    if (type(act) is not str or ta not in _SCALAR_TYPES or tg not in _SCALAR_TYPES or tc not in _SCALAR_TYPES
+            or 0 in (alpha, gain, clamp)):
+        return _scalar_args(act, alpha, gain, clamp)
+    key = (act, ta, alpha, tg, gain, tc, clamp)
+    hit = _scalar_cache.get(key)
+    if hit is None:
+        hit = _scalar_args(act, alpha, gain, clamp)
+        if len(_scalar_cache) >= 256:  # a sweep over many values: stay bounded
+            _scalar_cache.clear()
+        _scalar_cache[key] = hit
+    return hit
+
+
+def _check_args(x, b, act, alpha, gain, clamp, dim):
+    """check_bias_act_args, also returning act's own name: (act, alpha, gain, clamp, dim)."""
+    check_tensor(x, "x", dtypes=FLOAT_DTYPES)
+    act, alpha, gain, clamp = _scalar_args_cached(act, alpha, gain, clamp)
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     if b is not None:
@@ -286,7 +318,12 @@ def check_bias_act_args(x, b, act, alpha, gain, clamp, dim):
             raise ValueError(f"b must have x.shape[{dim}] = {x.shape[dim]} elements, got {b.shape[0]}")
     else:
         dim = dim % x.dim() if x.dim() else 0
-    return alpha, gain, clamp, dim
+    return act, alpha, gain, clamp, dim
+
+
+def check_bias_act_args(x, b, act, alpha, gain, clamp, dim):
+    """Validate a bias_act call; returns (alpha, gain, clamp, dim) normalized."""
+    return _check_args(x, b, act, alpha, gain, clamp, dim)[1:]
 
 
 # No size crossover to plain PyTorch on a CPU, measured both ways (one thread, thread CPU time,
@@ -313,12 +350,11 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "lrel
     Any dense memory format is kept (channels_last in, channels_last out); fp16/bf16 are
     computed in fp32 and rounded once. Differentiable twice, through fused gradient ops.
     """
-    alpha, gain, clamp, dim = check_bias_act_args(x, b, act, alpha, gain, clamp, dim)
-    act = canonical_act(act)
+    act, alpha, gain, clamp, dim = _check_args(x, b, act, alpha, gain, clamp, dim)
     backend = _backend.resolve(impl, x.device, IMPLEMENTED, op="bias_act")
     if not is_dense(x):
         x = x.contiguous()
-    if b is not None:
+    if b is not None and (b.dtype != acc_dtype(x.dtype) or not b.is_contiguous()):
         b = b.to(acc_dtype(x.dtype)).contiguous()  # differentiable cast: db returns in b's dtype
     if torch.compiler.is_compiling():
         return _bias_act_op(x, b, act, alpha, gain, clamp, dim, backend)
