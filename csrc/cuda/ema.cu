@@ -6,6 +6,7 @@
 
 #include "gankern/common.h"
 #include "gankern/ema.h"
+#include "gankern/ema_lerp_cuda.h"
 #include "gankern/launch.h"
 
 namespace gankern {
@@ -24,12 +25,6 @@ struct EmaTable {
   unsigned char tensor[kMaxBlocks];
 };
 static_assert(sizeof(EmaTable) < 4000, "kernel parameter limit");
-
-template <typename A>
-__device__ __forceinline__ A lerp(A s, A p, A w) {
-  A d = p - s;
-  return w < A(0.5) ? s + w * d : p - d * (A(1) - w);
-}
 
 // kVec elements per access where both tensors are aligned to kVec elements: 16 bytes of a
 // float shadow (LDG.128), 8 of a 16-bit one; parts start at multiples of kChunk / kSplit
@@ -69,14 +64,14 @@ __global__ void __launch_bounds__(kThreads) ema_kernel(EmaTable table, double we
       const Vec<P> b = pv[j];
 #pragma unroll
       for (int e = 0; e < kVec; ++e)
-        a.v[e] = Convert<S>::store(lerp<A>(A(Convert<S>::load(a.v[e])), A(Convert<P>::load(b.v[e])), w));
+        a.v[e] = Convert<S>::store(lerp_two_sided<A>(A(Convert<S>::load(a.v[e])), A(Convert<P>::load(b.v[e])), w));
       sv[j] = a;
     }
     i = begin + n_vec * kVec + threadIdx.x;
   }
 #pragma unroll 4
   for (; i < end; i += kThreads)
-    s[i] = Convert<S>::store(lerp<A>(A(Convert<S>::load(s[i])), A(Convert<P>::load(p[i])), w));
+    s[i] = Convert<S>::store(lerp_two_sided<A>(A(Convert<S>::load(s[i])), A(Convert<P>::load(p[i])), w));
 }
 
 template <typename S, typename P>

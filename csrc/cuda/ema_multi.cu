@@ -3,6 +3,7 @@
 // host sync), with K shadow pointers per tensor: each thread loads a parameter element once
 // and lerps it into all K shadows, so a step moves (1 + 2K) instead of 3K tensors of bytes.
 #include "gankern/common.h"
+#include "gankern/ema_lerp_cuda.h"
 #include "gankern/ema_multi.h"
 #include "gankern/launch.h"
 
@@ -23,13 +24,6 @@ struct MultiTable {
   unsigned char tensor[kMaxBlocks];
 };
 static_assert(sizeof(MultiTable) < 4000, "kernel parameter limit");
-
-// torch.lerp's two-sided form, bit-compatible with torch._foreach_lerp_.
-template <typename A>
-__device__ __forceinline__ A lerp_two_sided(A s, A p, A w) {
-  A d = p - s;
-  return w < A(0.5) ? s + w * d : p - d * (A(1) - w);
-}
 
 template <typename S, typename P>
 __global__ void __launch_bounds__(kThreads) ema_multi_kernel(MultiTable table, int k,
