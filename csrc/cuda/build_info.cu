@@ -42,24 +42,16 @@ extern "C" int gankern_cuda_built_runtime_version() {
 
 // The installed driver's CUDA version (e.g. 13000), 0 when there is no driver.
 extern "C" int gankern_cuda_driver_version() {
-#if defined(GANKERN_CUDA_SIM)
-  return gankern_cuda_built_runtime_version();
-#else
   int v = 0;
   if (cudaDriverGetVersion(&v) != cudaSuccess) return 0;
   return v;
-#endif
 }
 
 // cudaSuccess when the current device can load this build's kernels, else the CUDA error code
 // (cudaErrorNoKernelImageForDevice, cudaErrorInsufficientDriver, cudaErrorUnsupportedPtxVersion).
 extern "C" int gankern_cuda_probe_current_device() {
-#if defined(GANKERN_CUDA_SIM)
-  return 0;
-#else
   cudaFuncAttributes attr;
   cudaError_t err = cudaFuncGetAttributes(&attr, probe_kernel);
   if (err != cudaSuccess) cudaGetLastError();  // clear it: later launches must not see it
   return int(err);
-#endif
 }
