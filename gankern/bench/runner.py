@@ -33,8 +33,9 @@ STATUS_OK, STATUS_WRONG, STATUS_FAILED, STATUS_SKIPPED = "ok", "WRONG", "failed"
 @dataclass
 class TimingConfig:
     """How long to measure. repeats: interleaved rounds (CPU) / do_bench rounds (GPU);
-    min_sample_s: each CPU sample loops a call until it lasts this long (timer resolution;
-    kept short so a sample the scheduler preempted stays one outlier, not smeared into all);
+    min_sample_s: each CPU sample averages calls (each after its own cache flush) until they
+    last this long, at most _MAX_CALLS_PER_SAMPLE (kept short so a sample the scheduler
+    preempted stays one outlier, not smeared into all);
     budget_s: the rounds of one case are cut to fit (never below min_rounds)."""
 
     repeats: int = 21
@@ -182,28 +183,44 @@ def _llc_bytes() -> int:
     return min(best, 512 << 20)
 
 
+# Calls per sample at most: each costs a flush of twice the last-level cache (~5 ms here).
+_MAX_CALLS_PER_SAMPLE = 8
+
+
 def _time_cpu(runs: dict[str, Callable], cfg: TimingConfig) -> dict[str, list[float]]:
-    """Seconds per call: each round times every implementation once, in a rotating order,
-    each sample starting from a cold cache."""
-    inner, single = {}, {}
+    """Seconds per call: each round times every implementation once, in a rotating order.
+
+    Every call starts from a cold last-level cache, as triton's do_bench clears the L2 before
+    every call on a GPU: the cache is flushed before each call and only the call is timed. A
+    sample used to be one flush and then n calls in a row, so all but the first call found the
+    tail of the previous call's data in the cache, and how much of it depended on traversal
+    order, not speed (measured: an SNGAN-32 EMA step takes ~1.1 ms cold and ~0.6 ms warm; with
+    per-implementation n, one whose warm-up call happened to be fast got more warm calls per
+    sample, and an identical-speed kernel read 0.66-0.75x). A sample is the mean of n calls,
+    the same n for every implementation of the case (the fastest one's, for the timer)."""
+    single = {}
     for label, run in runs.items():  # warm-up call (after the check call) sizes the loop
         t0 = time.perf_counter()
         run()
         single[label] = max(time.perf_counter() - t0, 1e-9)
-        inner[label] = max(1, math.ceil(cfg.min_sample_s / single[label]))
-    per_round = sum(single[k] * inner[k] for k in runs)
+    n = min(_MAX_CALLS_PER_SAMPLE, max(1, math.ceil(cfg.min_sample_s / min(single.values()))))
+    t0 = time.perf_counter()
+    _flush_cpu_cache()
+    flush_s = time.perf_counter() - t0
+    per_round = sum((s + flush_s) * n for s in single.values())
     rounds = max(cfg.min_rounds, min(cfg.repeats, int(cfg.budget_s / max(per_round, 1e-9))))
     labels = list(runs)
     samples: dict[str, list[float]] = {k: [] for k in labels}
     for r in range(rounds):
         shift = r % len(labels)
         for label in labels[shift:] + labels[:shift]:
-            run, n = runs[label], inner[label]
-            _flush_cpu_cache()
-            t0 = time.perf_counter()
+            run, total = runs[label], 0.0
             for _ in range(n):
+                _flush_cpu_cache()
+                t0 = time.perf_counter()
                 run()
-            samples[label].append((time.perf_counter() - t0) / n)
+                total += time.perf_counter() - t0
+            samples[label].append(total / n)
     return samples
 
 
@@ -279,10 +296,10 @@ def check_impl(case: Case, impl: Impl, device: torch.device, measure_memory: boo
 
 def floor_copy_time(nbytes: int, device: torch.device, cfg: TimingConfig) -> float:
     """The fastest time this device takes to move nbytes with a plain streaming kernel, timed by
-    the very protocol the case's implementations get (cold cache before each sample, the same
-    inner loop). A DRAM bandwidth taken on 256 MiB buffers is no floor for a case whose 40 MB
-    partly stay in a 32 MiB L3 between calls of a sample: rows read 101-152% of it. Kernels of
-    the same size under the same protocol see the same caches, so they are one.
+    the very protocol the case's implementations get (a cold cache before each call). A DRAM
+    bandwidth taken on 256 MiB buffers is no floor for a case whose 40 MB partly stay in a
+    32 MiB L3 (rows read 101-152% of it when samples ran calls back to back). Kernels of the
+    same size under the same protocol see the same caches, so they are one.
 
     Three STREAM patterns, and the fastest per byte is the floor: a read-only sum, a copy (dst = src; at bytes_moved
     and at half of it, since an in-place case touches fewer distinct bytes than it moves), and an
