@@ -128,6 +128,16 @@ void bias_act_cpu(int mode, int act, uintptr_t x, uintptr_t bias, uintptr_t dy, 
             "bias_act");
 }
 
+void bias_act_grad_db_cpu(int act, uintptr_t x, uintptr_t bias, uintptr_t dy, uintptr_t out, uintptr_t db,
+                          int64_t n, int64_t channels, int64_t inner, int dtype, double alpha, double gain,
+                          double clamp, bool has_clamp) {
+  py::gil_scoped_release nogil;
+  check_cpu(gankern::bias_act_grad_db_cpu(1, act, as_ptr(x), as_ptr(bias), as_ptr(dy), nullptr, as_ptr(out),
+                                          as_ptr(db), n, channels, inner, dtype, alpha, gain, clamp,
+                                          has_clamp),
+            "bias_act_grad_db");
+}
+
 #ifdef GANKERN_WITH_CUDA
 void bias_act_cuda(int mode, int act, uintptr_t x, uintptr_t bias, uintptr_t dy, uintptr_t v,
                    uintptr_t out, int64_t n, int64_t channels, int64_t inner, int dtype, double alpha,
@@ -234,6 +244,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("norm_penalty_cpu", &norm_penalty_cpu);
   m.def("norm_penalty_backward_cpu", &norm_penalty_backward_cpu);
   m.def("bias_act_cpu", &bias_act_cpu);
+  m.def("bias_act_grad_db_cpu", &bias_act_grad_db_cpu);
 #ifdef GANKERN_WITH_CUDA
   m.def("norm_penalty_workspace_elems", &gankern_norm_penalty_workspace_elems);
   m.def("norm_penalty_cuda", &norm_penalty_cuda);

@@ -799,3 +799,24 @@ def bias_act(mode: int, act: int, x: torch.Tensor, b, dy, v, alpha: float, gain:
     else:
         _launch("bias_act", x.device, args, backend=backend)
     return out
+
+
+def bias_act_grad_db_cpu(act: int, x: torch.Tensor, b: torch.Tensor, dy: torch.Tensor, alpha: float,
+                         gain: float, clamp, inner: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, db) of bias_act from one pass on the CPU: dx as bias_act(mode 1), and db = dx summed
+    over every axis but the channel's, in b's dtype (the accumulation type of x)."""
+    if b is None:
+        raise ValueError("b is required for the bias gradient")
+    if not _bias_act_args_ok(1, x, b, dy, None, inner, channels):
+        _check_bias_act_args(1, x, b, dy, None, inner, channels)
+    if x.device.type != "cpu":
+        raise ValueError(f"bias_act_grad_db_cpu runs on CPU tensors, got {x.device}")
+    _require("cpu")
+    out = torch.empty_like(x)
+    if x.numel() == 0:
+        return out, torch.zeros_like(b)
+    db = torch.empty_like(b)
+    _C.bias_act_grad_db_cpu(act, x.data_ptr(), b.data_ptr(), dy.data_ptr(), out.data_ptr(), db.data_ptr(),
+                            x.numel(), channels, inner, DTYPE_CODES[x.dtype], float(alpha), float(gain),
+                            0.0 if clamp is None else float(clamp), clamp is not None)
+    return out, db

@@ -48,6 +48,13 @@ def _dispatch(mode, backend, x, b, dy, v, act, alpha, gain, clamp, dim):
     return _native.bias_act(mode, code, x, b, dy, v, alpha, gain, clamp, inner, channels, backend)
 
 
+def _dispatch_grad_db(x, b, dy, act, alpha, gain, clamp, dim):
+    """(dx, db) on the native CPU backend, from one pass over x and dy."""
+    code, alpha, gain = kernel_form(act, alpha, gain)
+    return _native.bias_act_grad_db_cpu(code, x, b, _like(dy, x), alpha, gain, clamp, x.stride(dim),
+                                        x.shape[dim])
+
+
 @torch.library.custom_op("gankern::bias_act", mutates_args=())
 def _bias_act_op(x: torch.Tensor, b: Optional[torch.Tensor], act: str, alpha: float, gain: float,
                  clamp: Optional[float], dim: int, backend: str) -> torch.Tensor:
@@ -180,13 +187,17 @@ class _EagerBiasAct(torch.autograd.Function):
         x, b = ctx.saved_tensors
         args = ctx.args
         need_b = b is not None and ctx.needs_input_grad[1]
-        dx = None
+        dx = db = None
         if ctx.needs_input_grad[0] or need_b:
             if torch.is_grad_enabled():  # create_graph=True: the differentiable gradient op
                 dx = _EagerBiasActGrad.apply(dy, x, b, *args)
+            elif need_b and args[5] == "cpu":
+                # dx and db from one pass: torch's backward reads dx a second time for db.
+                dx, db = _dispatch_grad_db(x, b, dy, *args[:5])
             else:
                 dx = _dispatch(1, args[5], x, b, dy, None, *args[:5])
-        db = _bias_grad(dx, b, args[4]) if need_b else None
+        if need_b and db is None:
+            db = _bias_grad(dx, b, args[4])
         return (dx if ctx.needs_input_grad[0] else None), db, None, None, None, None, None, None
 
 
