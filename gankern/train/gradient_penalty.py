@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._checks import FLOAT_DTYPES, check_tensor
+from . import zero_second_order
 
 KINDS = ("wgan-gp", "r1", "r2", "dragan", "r1+r2")
 # (center, weight) defaults per kind; r1/r2 use weight/2 as the factor of mean(n^2) (gamma/2).
@@ -130,9 +131,11 @@ def input_gradient(D: Callable, x_hat: torch.Tensor, scaler=None) -> torch.Tenso
     return input_gradient_and_scores(D, x_hat, scaler)[0]
 
 
-def input_gradient_and_scores(D: Callable, x_hat: torch.Tensor, scaler=None):
+def input_gradient_and_scores(D: Callable, x_hat: torch.Tensor, scaler=None, orphans: Optional[list] = None):
     """(dD(x_hat)/dx_hat, D(x_hat)): the scores keep their graph, so a loss on them reuses this
-    forward (R3GAN's loss and R1 + R2 are all taken at real and fake)."""
+    forward (R3GAN's loss and R1 + R2 are all taken at real and fake). With a list `orphans`,
+    the all-zero second-order edges into D's forward graph are pruned (zero_second_order) and
+    the parameters that must still get a zero gradient are appended to it."""
     x_hat = x_hat.detach().requires_grad_(True)
     with torch.enable_grad():
         out = D(x_hat)
@@ -145,6 +148,8 @@ def input_gradient_and_scores(D: Callable, x_hat: torch.Tensor, scaler=None):
             g = g * (1.0 / scaler.get_scale())
         else:
             (g,) = torch.autograd.grad(total, x_hat, create_graph=True)
+    if orphans is not None:
+        orphans.extend(zero_second_order.prune(out, g, x_hat))
     return g, out
 
 
@@ -192,7 +197,10 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: Optional[torch.Tenso
 
     backend = resolve_backend(impl, real.device)  # raises before D runs if impl is unusable
     x_hat = penalty_point(real, fake, kind, alpha, generator)
-    g, scores = input_gradient_and_scores(D, x_hat, scaler)
+    orphans: list = []
+    g, scores = input_gradient_and_scores(D, x_hat, scaler, orphans)
     penalty, n = norm_penalty(g, c, factor, impl=backend)
+    if orphans:
+        penalty = penalty + zero_second_order.zero_anchor(penalty, orphans)
     out = (penalty,) + ((n.detach(),) if return_norms else ()) + ((scores.reshape(-1),) if return_scores else ())
     return out if len(out) > 1 else penalty

@@ -1,0 +1,97 @@
+"""Skip the all-zero part of a gradient penalty's double backward in a plain (unfused) D.
+
+The penalty's backward differentiates the input gradient g = dD/dx a second time. For a
+piecewise-linear op (LeakyReLU, ReLU, Hardtanh, max and average pooling) torch's formula for
+the second derivative with respect to the op's input is `zeros_like`: a zero tensor that the
+engine then sends back through the whole forward graph of D(x_hat), where every convolution and
+linear layer runs its backward (input and weight gradients) on zeros. In a conv critic that is
+two of the ~12 convolution passes of a WGAN-GP D step, all multiplying zeros.
+
+prune(out, g, x_hat) finds those edges in g's graph and drops the zero (a node post-hook returns
+None for it), so the engine skips the forward graph they lead to. Parameters whose only penalty
+gradient was that zero (the biases: x + b does not enter g's formula) still get an exact zero
+gradient through zero_anchor, a small node added to the penalty, as torch would give them: an optimizer step after a
+penalty-only backward (lazy R1) then treats them the same, and DDP's reducer sees every
+parameter. The weights get their real second-order gradients from g's own graph, as before.
+Only ops whose zero is verified in tests/test_zero_second_order.py are pruned.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+# Double-backward nodes whose gradient to input 1 (the op's forward input or result) is
+# zeros_like in torch's derivatives: the second derivative of a piecewise-linear op.
+ZERO_INPUT_GRAD_NODES = frozenset({
+    "LeakyReluBackwardBackward0", "ThresholdBackwardBackward0", "HardtanhBackwardBackward0",
+    "AvgPool2DBackwardBackward0", "MaxPool2DWithIndicesBackwardBackward0",
+})
+
+
+def _drop_input_grad(grad_inputs, grad_outputs):
+    return (grad_inputs[0], None)
+
+
+def _nodes(*roots) -> list:
+    """Every node reachable from the roots (graph order does not matter)."""
+    seen, stack, out = set(), list(roots), []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        out.append(node)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return out
+
+
+class _ZeroGrads(torch.autograd.Function):
+    """A zero scalar whose backward gives each of its inputs an exact zero gradient."""
+
+    @staticmethod
+    def forward(ctx, like, *leaves):
+        ctx.leaves = len(leaves)
+        ctx.meta = [(t.shape, t.dtype, t.device) for t in leaves]
+        return like.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, _grad):
+        return (None,) + tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.meta)
+
+
+def prune(out: torch.Tensor, g: torch.Tensor, x_hat: torch.Tensor) -> list:
+    """Drop the zero second-order edges of g's graph into D(x_hat)'s forward graph (out is D's
+    output). Returns the parameters that lose their only (zero) gradient with them: pass them
+    to zero_anchor and add its result to the penalty. [] when nothing was pruned."""
+    if out.grad_fn is None or g.grad_fn is None or torch.compiler.is_compiling():
+        return []
+    forward = set(_nodes(out.grad_fn))
+    targets = []  # the forward-graph nodes the dropped zeros went to
+    fed = set()  # leaves that g's own graph (the double backward) reaches directly
+    for node in _nodes(g.grad_fn):
+        if node in forward:
+            continue
+        nexts = node.next_functions
+        for next_fn, _ in nexts:
+            if next_fn is not None and hasattr(next_fn, "variable"):
+                fed.add(id(next_fn.variable))
+        if (type(node).__name__ in ZERO_INPUT_GRAD_NODES and len(nexts) == 2
+                and nexts[1][0] is not None and nexts[1][0] in forward):
+            node.register_hook(_drop_input_grad)
+            targets.append(nexts[1][0])
+    if not targets:
+        return []
+    # Exactly the leaves torch's zeros reached: those below the pruned edges (a bias above
+    # every activation, such as the output layer's, got no gradient from the penalty in torch
+    # either), less those g's graph feeds with their real gradient anyway.
+    reached = _nodes(*targets)
+    leaves = [n.variable for n in reached if hasattr(n, "variable")]
+    return [v for v in leaves if id(v) not in fed and v is not x_hat and v.requires_grad]
+
+
+def zero_anchor(like: torch.Tensor, leaves: list) -> torch.Tensor:
+    """A zero scalar (like's dtype and device, no gradient to like) whose backward gives every
+    tensor of leaves an exact zero gradient."""
+    return _ZeroGrads.apply(like.detach(), *leaves)
