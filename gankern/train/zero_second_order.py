@@ -30,6 +30,26 @@ ZERO_INPUT_GRAD_NODES = frozenset({
 })
 
 
+# Forward-graph nodes that pass a defined gradient on to their one input unchanged in kind: a
+# leaf behind a chain of these, reached from g's own graph, gets a real gradient from it (a
+# Linear's weight sits behind TBackward0, an AMP-cast weight behind ToCopyBackward0).
+_PASS_THROUGH_NODES = frozenset({
+    "TBackward0", "ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "PermuteBackward0",
+    "TransposeBackward0", "TransposeBackward1", "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2",
+    "UnsqueezeBackward0", "ExpandBackward0", "CloneBackward0", "ToCopyBackward0",
+})
+
+
+def _fed_leaf(node, forward):
+    """The leaf a defined gradient into node reaches for sure (through pass-through forward
+    nodes), or None."""
+    while node is not None and not hasattr(node, "variable"):
+        if node not in forward or type(node).__name__ not in _PASS_THROUGH_NODES or len(node.next_functions) != 1:
+            return None
+        node = node.next_functions[0][0]
+    return None if node is None else node.variable
+
+
 def _drop_input_grad(grad_inputs, grad_outputs):
     return (grad_inputs[0], None)
 
@@ -52,7 +72,6 @@ class _ZeroGrads(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, like, *leaves):
-        ctx.leaves = len(leaves)
         ctx.meta = [(t.shape, t.dtype, t.device) for t in leaves]
         return like.new_zeros(())
 
@@ -74,11 +93,12 @@ def prune(out: torch.Tensor, g: torch.Tensor, x_hat: torch.Tensor) -> list:
         if node in forward:
             continue
         nexts = node.next_functions
-        for next_fn, _ in nexts:
-            if next_fn is not None and hasattr(next_fn, "variable"):
-                fed.add(id(next_fn.variable))
-        if (type(node).__name__ in ZERO_INPUT_GRAD_NODES and len(nexts) == 2
-                and nexts[1][0] is not None and nexts[1][0] in forward):
+        zero_edge = type(node).__name__ in ZERO_INPUT_GRAD_NODES and len(nexts) == 2
+        for i, (next_fn, _) in enumerate(nexts):
+            leaf = None if zero_edge and i == 1 else _fed_leaf(next_fn, forward)
+            if leaf is not None:
+                fed.add(id(leaf))
+        if zero_edge and nexts[1][0] is not None and nexts[1][0] in forward:
             node.register_hook(_drop_input_grad)
             targets.append(nexts[1][0])
     if not targets:

@@ -16,8 +16,8 @@ import torch
 from ... import _backend, _native
 from ..._checks import FLOAT_DTYPES, check_tensor, is_dense
 from .reference import (ACT_ALIASES, ACTS, DEFAULT_ALPHA, PIECEWISE_LINEAR, acc_dtype,
-                        bias_act_grad2_reference, bias_act_grad_reference, bias_act_reference,
-                        kernel_form)
+                        act_reference, bias_act_grad2_reference, bias_act_grad_reference,
+                        bias_act_reference, kernel_form)
 
 IMPLEMENTED = ("reference", "triton", "cuda", "cpu")
 
@@ -337,15 +337,29 @@ def check_bias_act_args(x, b, act, alpha, gain, clamp, dim):
     return _check_args(x, b, act, alpha, gain, clamp, dim)[1:]
 
 
-# No size crossover to plain PyTorch on a CPU, measured both ways (one thread, thread CPU time,
-# 2-core EPYC at load 4-10). Alone, fwd+bwd, plain x + b, leaky_relu is faster below ~128K
-# elements (`python scripts/crossover.py bias_act`: plain/fused 0.51-0.59 at 4K-32K, 0.71 at
-# 64K, 1.04-1.07 at 128K, 1.38-1.41 at 256K). But in what fused activations are for, a D step
-# with a gradient penalty, running those small layers plain made the step slower than fusing
-# every layer (`python scripts/crossover.py gp_dstep`, batch 16, time relative to the unfused D
-# with the hand-written penalty, two runs: DCGAN-32 critic 0.91-0.93x with the small layers
-# plain vs 1.05-1.08x fused everywhere, MLP critic 0.79-0.89x vs 0.93-1.02x): the deferred bias
-# then costs an extra add node in the double backward. So auto always runs the kernel.
+# The size crossover of impl="auto" on a CPU: below CPU_FUSED_MIN_NUMEL elements plain torch ops
+# (x + b, torch's activation) run instead of the kernels. Measured alone, fwd+bwd of bias + lrelu
+# (`python scripts/crossover.py bias_act`, one thread, thread CPU time, 2-core EPYC; plain time /
+# fused time, above 1 the kernel wins): 0.70-0.79 at 4K-32K elements, 1.13 at 64K, 1.16-1.22 at
+# 128K, 1.58-1.93 at 256K, 2.59 at 512K. Below it, the two Python autograd nodes of the fused op
+# (~10 us each) cost more than the passes they save. Layers fused by gk.nn.fuse_bias_act run
+# unfused on a CPU under auto at every size (gankern/nn/bias_act.py, _plain_on_cpu, with the
+# D-step measurements).
+CPU_FUSED_MIN_NUMEL = 1 << 16
+
+
+def _plain(x, b, act, alpha, gain, clamp, dim):
+    """bias_act written in torch ops (autograd's own graph): the small-tensor CPU path of auto.
+    A 16-bit x with a float32 b computes in float32 and rounds once, as the kernels do."""
+    z = x.to(acc_dtype(x.dtype))  # no-op for float32 and float64
+    if b is not None:
+        z = z + b.view([-1 if i == dim else 1 for i in range(x.dim())])
+    y = act_reference(z, act, alpha)
+    if gain != 1.0:
+        y = y * gain
+    if clamp is not None:
+        y = y.clamp(-clamp, clamp)
+    return y.to(x.dtype)
 
 
 def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "lrelu",
@@ -367,6 +381,8 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "lrel
         x = x.contiguous()
     if b is not None and (b.dtype != acc_dtype(x.dtype) or not b.is_contiguous()):
         b = b.to(acc_dtype(x.dtype)).contiguous()  # differentiable cast: db returns in b's dtype
+    if impl == "auto" and backend == "cpu" and x.numel() < CPU_FUSED_MIN_NUMEL and not torch.compiler.is_compiling():
+        return _plain(x, b, act, alpha, gain, clamp, dim)
     if torch.compiler.is_compiling():
         return _bias_act_op(x, b, act, alpha, gain, clamp, dim, backend)
     return _EagerBiasAct.apply(x, b, act, alpha, gain, clamp, dim, backend)
