@@ -15,7 +15,7 @@ sn_layers: one layer's SN training forward + backward (read the weight, backward
 into it) for the layer shapes of the bench's SN discriminators, gk.spectral_norm vs torch's
 parametrization vs the plain layer; prints each SN's overhead over the plain layer and torch's
 overhead / gankern's (csrc/cpu/spectral_norm.cpp cites it).
-gankern/ops/bias_act/__init__.py cites bias_act and gp_dstep. Paths run interleaved, timed in thread CPU time
+gankern/ops/bias_act/__init__.py cites bias_act, gankern/nn/bias_act.py gp_dstep. Paths run interleaved, timed in thread CPU time
 (time.thread_time: a busy machine preempts a thread without charging it); medians.
 """
 
