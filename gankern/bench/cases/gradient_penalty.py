@@ -8,6 +8,7 @@ both plain nn.Sequential as people write them. Compared on identical weights and
   gankern[b]           gk.gradient_penalty(impl=b) with gk.nn.fuse_bias_act(D): fused
                        bias+activation (first and second order) and the fused norm penalty
   gankern[b] GP only   gk.gradient_penalty(impl=b) on the unfused D: what the penalty op alone buys
+                       (the fused norm, and the zero second-order pass it skips)
 Each result (every D parameter gradient and the loss) is checked against the same step run
 in float64 before it is timed. fp32 and bf16 autocast.
 

@@ -18,7 +18,8 @@ Every iteration ends with an EMA of G (decay 0.999), written as repositories wri
 (a per-parameter lerp_ loop). The plain side is the hand-written penalty
 (autograd.grad(create_graph=True), norm, ((n - 1)^2).mean()), torch's spectral_norm and that
 loop; the gankern side is gk.gradient_penalty, gk.nn.fuse_bias_act(D), gk.convert_spectral_norm
-and gk.EMA. Both start from the same weights, SN vectors, data and interpolation points, and
+and gk.EMA (on a CPU, fuse_bias_act's pairs run unfused under impl="auto": measured faster
+there). Both start from the same weights, SN vectors, data and interpolation points, and
 the gankern iteration is checked against the plain one run in float64 before anything is timed.
 
 Biases directly before a BatchNorm are dropped in G (bias=False): BatchNorm cancels them, so
