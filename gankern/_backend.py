@@ -63,6 +63,13 @@ def available(implemented: Iterable[str], device: torch.device) -> list[str]:
     return [b for b in implemented if usable(b, device)]  # cuda_sim only when asked for by name
 
 
+def chosen_by_auto(impl: str) -> bool:
+    """True when impl leaves the choice to gankern (impl="auto" and no GANKERN_IMPL): an op may
+    then take a measured plain-PyTorch path where its kernel does not win. A backend named in
+    the call or in GANKERN_IMPL always runs its kernels."""
+    return impl == "auto" and (os.environ.get("GANKERN_IMPL", "auto") or "auto") == "auto"
+
+
 def resolve(impl, device: torch.device, implemented: Sequence[str] = BACKENDS, op: str = "op") -> str:
     """The backend name a call runs on; ValueError names the usable ones when impl is not."""
     if not isinstance(impl, str):

@@ -151,7 +151,7 @@ def _batch_norm_without_shift(bn: nn.Module, input: torch.Tensor) -> torch.Tenso
 # (train/zero_second_order.py) the fused double backward saves nothing more on a CPU. On CUDA,
 # and with an explicit impl, the fused kernels run.
 def _plain_on_cpu(x: torch.Tensor, impl: str) -> bool:
-    return impl == "auto" and x.device.type == "cpu"
+    return x.device.type == "cpu" and _backend.chosen_by_auto(impl)
 
 
 def _forward_without_bias(layer: nn.Module, input: torch.Tensor, output_size=None, *,

@@ -381,7 +381,8 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "lrel
         x = x.contiguous()
     if b is not None and (b.dtype != acc_dtype(x.dtype) or not b.is_contiguous()):
         b = b.to(acc_dtype(x.dtype)).contiguous()  # differentiable cast: db returns in b's dtype
-    if impl == "auto" and backend == "cpu" and x.numel() < CPU_FUSED_MIN_NUMEL and not torch.compiler.is_compiling():
+    if (backend == "cpu" and x.numel() < CPU_FUSED_MIN_NUMEL and _backend.chosen_by_auto(impl)
+            and not torch.compiler.is_compiling()):
         return _plain(x, b, act, alpha, gain, clamp, dim)
     if torch.compiler.is_compiling():
         return _bias_act_op(x, b, act, alpha, gain, clamp, dim, backend)
