@@ -34,7 +34,8 @@ def test_section_states_machine_load_date_commit_and_each_row_against_its_target
     assert "tests/data/bench_readme_fixture.png" in text
     ema = [ln for ln in text.splitlines() if ln.startswith("| ema |")]
     assert len(ema) == 2  # gankern[cpu] and gk.EMA.update; the baseline and skipped rows are not gankern rows
-    assert "| 1.07× | ≥ 1.00× ✓ |" in ema[0] and "| 1.4 ms | torch._foreach_lerp_ | 1.5 ms |" in ema[0]
+    # The CPU kernel named on a same-dtype list is shown, not judged (auto runs torch's loop there).
+    assert "| 1.07× |  |" in ema[0] and "| 1.4 ms | torch._foreach_lerp_ | 1.5 ms |" in ema[0]
     assert "| 1.00× | ≥ 1.00× ✓ |" in ema[1]
     sn = next(ln for ln in text.splitlines() if ln.startswith("| spectral_norm |"))
     assert "2.50× (overhead) | ≥ 2.00× ✓" in sn
@@ -42,7 +43,7 @@ def test_section_states_machine_load_date_commit_and_each_row_against_its_target
     assert "| WRONG | ✗ |" in wrong and "| inf |" in wrong
     conv = next(ln for ln in text.splitlines() if ln.startswith("| trainers |"))
     assert "1.11× | ≥ 1.20× ✗" in conv  # conv critics have the higher bar
-    assert "3 of 5 gankern rows meet their target; missed: " in text
+    assert "2 of 4 gankern rows meet their target; missed: " in text
     assert "bias_act bias+lrelu" in text and "trainers DCGAN WGAN-GP critic 3x32x32 (gankern: 1.11×)" in text
     assert "their floor (a same-protocol copy of the case's bytes): ema SNGAN-32 G, fp32 torch._foreach_lerp_ 101%." in text
 

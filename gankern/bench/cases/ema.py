@@ -102,6 +102,8 @@ def make_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.devic
             continue
         shadow = fresh()
         impls.append(Impl(label, run=lambda s=shadow, b=backend: (ema_update_(s, params, weight, impl=b), s)[1]))
+    s_auto = fresh()
+    impls.append(Impl("gankern (auto)", run=lambda: (ema_update_(s_auto, params, weight), s_auto)[1]))
     impls.append(_gk_ema_impl(shadow0, params))
 
     def foreach(s, p):
