@@ -30,8 +30,8 @@ def paths(monkeypatch):
     """Records which path ran: 'foreach' (torch._foreach_lerp_) or 'kernel' (gankern._C)."""
     monkeypatch.delenv("GANKERN_IMPL", raising=False)
     ran = []
-    reference, launch = ema_module.ema_update_reference_, _native._ema_launch
-    monkeypatch.setattr(ema_module, "ema_update_reference_", lambda *a: ran.append("foreach") or reference(*a))
+    foreach, launch = ema_module._foreach_same_dtype, _native._ema_launch
+    monkeypatch.setattr(ema_module, "_foreach_same_dtype", lambda *a: ran.append("foreach") or foreach(*a))
     monkeypatch.setattr(_native, "_ema_launch", lambda *a, **k: ran.append("kernel") or launch(*a, **k))
     return ran
 

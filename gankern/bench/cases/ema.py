@@ -89,6 +89,10 @@ def make_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.devic
     def fresh():
         return [s.clone() for s in shadow0]
 
+    # Every row updates the same shadow buffers (reset to shadow0 before its check): identical
+    # code on two copies of the shadow read 0.88x, the memory placement alone (see _reset).
+    shared = fresh()
+    reset = _reset(shared, shadow0)
     mixed = param_dtype != torch.float32
     impls = []
     total = sum(_numel(s) for s in shapes)
@@ -100,18 +104,16 @@ def make_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.devic
             impls.append(Impl(label, run=lambda: None,
                               skip="Triton on CPU is the interpreter (a test vehicle), not timed"))
             continue
-        shadow = fresh()
-        impls.append(Impl(label, run=lambda s=shadow, b=backend: (ema_update_(s, params, weight, impl=b), s)[1]))
-    s_auto = fresh()
-    impls.append(Impl("gankern (auto)", run=lambda: (ema_update_(s_auto, params, weight), s_auto)[1]))
-    impls.append(_gk_ema_impl(shadow0, params))
+        impls.append(Impl(label, run=lambda b=backend: (ema_update_(shared, params, weight, impl=b), shared)[1],
+                          setup=reset))
+    impls.append(Impl("gankern (auto)", run=lambda: (ema_update_(shared, params, weight), shared)[1], setup=reset))
+    impls.append(_gk_ema_impl(shared, params, reset))
 
     def foreach(s, p):
         torch._foreach_lerp_(s, [x.float() for x in p] if mixed else p, weight)
 
-    s_foreach = fresh()
     impls.append(Impl("torch._foreach_lerp_" + (" (params upcast)" if mixed else ""),
-                      run=lambda: (foreach(s_foreach, params), s_foreach)[1], is_baseline=True))
+                      run=lambda: (foreach(shared, params), shared)[1], is_baseline=True, setup=reset))
 
     beta = DECAY
 
@@ -120,9 +122,8 @@ def make_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.devic
             p_ema.copy_((p.float() if mixed else p).lerp(p_ema, beta))
         return s_list
 
-    s_loop = fresh()
-    impls.append(Impl("StyleGAN2-ADA loop", run=lambda: stylegan2_loop(s_loop)))
-    impls.append(_ema_pytorch_impl(fresh(), params, mixed))
+    impls.append(Impl("StyleGAN2-ADA loop", run=lambda: stylegan2_loop(shared), setup=reset))
+    impls.append(_ema_pytorch_impl(shared, params, mixed, reset))
 
     if with_compile:
         compiled = torch.compile(foreach, dynamic=False)
@@ -142,7 +143,28 @@ def make_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.devic
                         "param_dtype": str(param_dtype), "shadow_dtype": "torch.float32", "decay": DECAY})
 
 
-def _gk_ema_impl(shadow0: list[torch.Tensor], params: list[torch.Tensor]) -> Impl:
+def _reset(shared: list, source: list):
+    """setup of a row that updates the shared shadow buffers: back to the starting shadow, so
+    its check starts where the float64 reference does. The rows share buffers because an EMA
+    step is pure memory traffic and where its arrays sit in memory moves it by more than the
+    differences measured (torch._foreach_lerp_ on a second copy of the shadow read 0.88x of
+    itself on the first)."""
+    def reset():
+        with torch.no_grad():
+            for dst, src in zip(shared, source):
+                dst.copy_(src)
+    return reset
+
+
+def _adopt(module_params, shared: list) -> None:
+    """Point a library's own shadow parameters at the shared buffers (same dtypes and shapes)."""
+    for p, s in zip(module_params, shared):
+        if p.dtype != s.dtype or p.shape != s.shape:
+            raise ValueError(f"shadow {tuple(p.shape)} {p.dtype} cannot adopt {tuple(s.shape)} {s.dtype}")
+        p.data = s
+
+
+def _gk_ema_impl(shared: list[torch.Tensor], params: list[torch.Tensor], reset) -> Impl:
     """gk.EMA(model).update(): the module API a trainer calls, over a model holding params
     (its planned update, checks paid once, plus the per-step decay and buffer bookkeeping)."""
     from ...nn.ema import EMA
@@ -150,18 +172,16 @@ def _gk_ema_impl(shadow0: list[torch.Tensor], params: list[torch.Tensor]) -> Imp
     model = torch.nn.Module()
     model.weights = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in params])
     ema = EMA(model, decay=DECAY, impl="auto")
-    with torch.no_grad():
-        for dst, src in zip(ema.module.parameters(), shadow0):
-            dst.copy_(src)
+    _adopt(ema.module.parameters(), shared)
 
     def run():
         ema.update()
         return list(ema.module.parameters())
 
-    return Impl("gk.EMA.update", run=run)
+    return Impl("gk.EMA.update", run=run, setup=reset)
 
 
-def _ema_pytorch_impl(shadow: list[torch.Tensor], params: list[torch.Tensor], mixed: bool) -> Impl:
+def _ema_pytorch_impl(shared: list[torch.Tensor], params: list[torch.Tensor], mixed: bool, reset) -> Impl:
     """ema-pytorch (lucidrains) when installed: its EMA.update() over the same tensors, with
     its warm-up schedule pinned to the fixed decay so the result is comparable."""
     label = "ema-pytorch"
@@ -174,9 +194,7 @@ def _ema_pytorch_impl(shadow: list[torch.Tensor], params: list[torch.Tensor], mi
     online = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in params])
     ema = EmaPytorch(online, beta=DECAY, update_after_step=0, update_every=1)
     ema.get_current_decay = lambda: DECAY  # the library's warm-up would change the decay per step
-    with torch.no_grad():
-        for dst, src in zip(ema.ema_model.parameters(), shadow):
-            dst.copy_(src)
+    _adopt(ema.ema_model.parameters(), shared)
     ema.step.fill_(1)  # past its first call, which copies instead of averaging
     if hasattr(ema, "initted"):
         ema.initted.fill_(True)
@@ -185,14 +203,14 @@ def _ema_pytorch_impl(shadow: list[torch.Tensor], params: list[torch.Tensor], mi
         ema.update()
         return list(ema.ema_model.parameters())
 
-    return Impl(label, run=run)
+    return Impl(label, run=run, setup=reset)
 
 
 POSTHOC_SIGMA_RELS = (0.05, 0.10)  # EDM2's two tracked profiles: K = 2
 POSTHOC_STEP = 1000  # the power-EMA weights of update 1000: 1 - (1 - 1/t)^(gamma + 1)
 
 
-def _ema_pytorch_posthoc_impl(shadows: list, params: list[torch.Tensor], mixed: bool) -> Impl:
+def _ema_pytorch_posthoc_impl(shared: list, params: list[torch.Tensor], mixed: bool, reset) -> Impl:
     """ema-pytorch's PostHocEMA when installed: K KarrasEMA profiles over the same tensors, each
     placed at update POSTHOC_STEP so its decay is the one the fused row uses (its step counter
     then advances per timed call, as in training); snapshots are left to 'manual'."""
@@ -209,11 +227,13 @@ def _ema_pytorch_posthoc_impl(shadows: list, params: list[torch.Tensor], mixed: 
     folder = tempfile.mkdtemp(prefix="gankern-bench-posthoc-")  # it creates it even when manual
     ema = PostHocEmaPytorch(online, sigma_rels=POSTHOC_SIGMA_RELS, update_every=1,
                             checkpoint_every_num_steps="manual", checkpoint_folder=folder)
-    with torch.no_grad():
-        for profile, shadow in zip(ema.ema_models, shadows):
-            for dst, src in zip(profile.ema_model.parameters(), shadow):
-                dst.copy_(src)
-            profile.initted.fill_(True)
+    for profile, shadow in zip(ema.ema_models, shared):
+        _adopt(profile.ema_model.parameters(), shadow)
+        profile.initted.fill_(True)
+
+    def setup():
+        reset()
+        for profile in ema.ema_models:
             # Its update increments step, then decays by (1 - 1/(step + 1))^(gamma + 1).
             profile.step.fill_(POSTHOC_STEP - 2)
 
@@ -221,7 +241,7 @@ def _ema_pytorch_posthoc_impl(shadows: list, params: list[torch.Tensor], mixed: 
         ema.update()
         return [list(profile.ema_model.parameters()) for profile in ema.ema_models]
 
-    return Impl(label, run=run)
+    return Impl(label, run=run, setup=setup)
 
 
 def make_posthoc_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.device, model: str,
@@ -249,9 +269,9 @@ def make_posthoc_case(shapes: list[tuple], param_dtype: torch.dtype, device: tor
                           for t in ema_update_float64([x.cpu() for x in s], cpu_params, w)]
         return rel_error([t for s in out for t in s], ref64["v"])
 
-    def fresh():
-        return [[t.clone() for t in s] for s in shadows0]
-
+    # One set of K shadow lists for every row, reset before each check (see make_case).
+    shared = [[t.clone() for t in s] for s in shadows0]
+    reset = _reset([t for s in shared for t in s], [t for s in shadows0 for t in s])
     mixed = param_dtype != torch.float32
     total = sum(_numel(s) for s in shapes)
     impls = []
@@ -263,25 +283,21 @@ def make_posthoc_case(shapes: list[tuple], param_dtype: torch.dtype, device: tor
             impls.append(Impl(label, run=lambda: None,
                               skip="Triton on CPU is the interpreter (a test vehicle), not timed"))
             continue
-        shadows = fresh()
-        fused = PlannedEmaMultiUpdate(shadows, params, backend)
-        impls.append(Impl(label, run=lambda f=fused, s=shadows: (f(weights), s)[1]))
-        single_shadows = fresh()
-        singles = [PlannedEmaUpdate(s, params, backend) for s in single_shadows]
+        fused = PlannedEmaMultiUpdate(shared, params, backend)
+        impls.append(Impl(label, run=lambda f=fused: (f(weights), shared)[1], setup=reset))
+        singles = [PlannedEmaUpdate(s, params, backend) for s in shared]
         impls.append(Impl(f"gankern[{backend}] {k} x ema_update_",
-                          run=lambda u=singles, s=single_shadows: ([f(w) for f, w in zip(u, weights)], s)[1]))
-
-    s_foreach = fresh()
+                          run=lambda u=singles: ([f(w) for f, w in zip(u, weights)], shared)[1], setup=reset))
 
     def foreach():
         ends = [x.float() for x in params] if mixed else params
-        for s, w in zip(s_foreach, weights):
+        for s, w in zip(shared, weights):
             torch._foreach_lerp_(s, ends, w)
-        return s_foreach
+        return shared
 
     impls.append(Impl(f"{k} x torch._foreach_lerp_" + (" (params upcast once)" if mixed else ""),
-                      run=foreach, is_baseline=True))
-    impls.append(_ema_pytorch_posthoc_impl(fresh(), params, mixed))
+                      run=foreach, is_baseline=True, setup=reset))
+    impls.append(_ema_pytorch_posthoc_impl(shared, params, mixed, reset))
     itemsize = torch.empty((), dtype=param_dtype).element_size()
     label = "fp32" if not mixed else f"{str(param_dtype).replace('torch.', '')} params, fp32 shadows"
     return Case(op="ema", name=f"post-hoc EMA K={k}, {model} G, {label}", impls=impls, error=error,

@@ -118,6 +118,14 @@ def _same_dtype_groups(groups) -> bool:
     return all(sd == pd for (sd, pd), _ in groups)
 
 
+def _foreach_same_dtype(shadow, params, weight) -> None:
+    """torch._foreach_lerp_ on lists already checked to pair equal dtypes (no upcast copies)."""
+    if isinstance(weight, torch.Tensor):
+        ema_update_reference_(list(shadow), list(params), weight)
+    else:
+        torch._foreach_lerp_(list(shadow), list(params), float(weight))
+
+
 def _native_fast_path(shadow, params, weight, impl: str) -> bool:
     """Run an eager call whose lists pass _native.ema_fast_groups (the checks below, in one
     pass) on the native backend it resolves to; False, having changed nothing, for anything
@@ -135,7 +143,7 @@ def _native_fast_path(shadow, params, weight, impl: str) -> bool:
     if isinstance(weight, torch.Tensor) and weight.device.type == "cpu" and device.type == "cuda":
         weight = float(weight)  # a CPU scalar costs no device sync
     if backend == "cpu" and _backend.chosen_by_auto(impl) and _same_dtype_groups(groups):
-        ema_update_reference_(list(shadow), list(params), weight)
+        _foreach_same_dtype(shadow, params, weight)
         return True
     _native._ema_launch(device, groups, weight, backend)
     torch.autograd.graph.increment_version(shadow)
@@ -168,7 +176,7 @@ class PlannedEmaUpdate:
         if self.foreach:
             self.plan.revalidate_if_moved()
             _native._check_ema_weight(weight, self.plan.shadow)
-            ema_update_reference_(self.plan.shadow, self.plan.params, weight)
+            _foreach_same_dtype(self.plan.shadow, self.plan.params, weight)
             return
         if self.backend in ("cpu", "cuda", "cuda_sim"):
             self.plan.run(weight)
