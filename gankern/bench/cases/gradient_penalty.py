@@ -5,7 +5,8 @@ Models: a DCGAN-style 64x64 D (4x4 stride-2 convs 64..512, LeakyReLU 0.2; batch 
 SNGAN "standard CNN" 32x32 D (Miyato et al. 2018: 3x3/4x4 convs 64..512, LeakyReLU 0.1),
 both plain nn.Sequential as people write them. Compared on identical weights and inputs:
   torch                the hand-written recipe: autograd.grad(create_graph=True), norm, pow, mean
-  gankern[b]           gk.gradient_penalty(impl=b) with gk.nn.fuse_bias_act(D): fused
+  gankern (auto)       gk.gradient_penalty(D) with gk.nn.fuse_bias_act(D), both with their defaults
+  gankern[b]           gk.gradient_penalty(impl=b) with gk.nn.fuse_bias_act(D, impl=b): fused
                        bias+activation (first and second order) and the fused norm penalty
   gankern[b] GP only   gk.gradient_penalty(impl=b) on the unfused D: what the penalty op alone buys
                        (the fused norm, and the zero second-order pass it skips)
@@ -112,7 +113,10 @@ def make_case(name, factory, res, batch, kind, device, autocast, seed=0) -> Case
     def error(out):
         return rel_error(out, reference())
 
-    impls = [Impl("torch", run=step(copy.deepcopy(base), torch_penalty), is_baseline=True)]
+    impls = [Impl("torch", run=step(copy.deepcopy(base), torch_penalty), is_baseline=True),
+             # What the README tells a user to write: both calls with their defaults (on a CPU,
+             # auto runs the fused pairs unfused: measured faster there; see nn/bias_act.py).
+             Impl("gankern (auto)", run=step(fuse_bias_act(copy.deepcopy(base)), gk_penalty("auto")))]
     for backend in _backend.available(IMPLEMENTED, device):
         if backend == "reference" or (backend == "triton" and device.type == "cpu"):
             continue  # the reference is the torch row; interpreted Triton is a test vehicle
