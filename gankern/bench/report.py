@@ -143,7 +143,7 @@ def plot(results, path: str, title: str = "") -> None:
                 colors.append("#bbbbbb")
                 notes.append(r.status)
             else:
-                colors.append("#1f77b4" if r.label.startswith("gankern") else "#ff7f0e")
+                colors.append("#1f77b4" if r.label.startswith(("gankern", "gk.")) else "#ff7f0e")
                 notes.append(f"{r.ratio:.2f}x" if r.ratio else "")
     n = max(len(labels), 1)
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.32 * n))
