@@ -190,3 +190,28 @@ def test_floor_copy_time_scales_with_bytes_and_is_finite():
     small = runner.floor_copy_time(1 << 16, torch.device("cpu"), FAST)
     big = runner.floor_copy_time(1 << 24, torch.device("cpu"), FAST)
     assert 0 < small < big < 1.0  # 16 MiB cannot move faster than 64 KiB on any machine
+
+
+def test_cpu_timing_flushes_before_every_call_and_gives_every_implementation_the_same_count(monkeypatch):
+    """A sample averages n calls, each after its own cache flush, with one n for the whole case
+    (a per-implementation n let a lucky fast warm-up buy more warm calls per sample)."""
+    import time
+
+    events = []
+    monkeypatch.setattr(runner, "_flush_cpu_cache", lambda: events.append("flush"))
+
+    def make(label, seconds):
+        def run():
+            events.append(label)
+            time.sleep(seconds)
+        return run
+
+    cfg = runner.TimingConfig(repeats=3, min_sample_s=0.004, budget_s=10.0, min_rounds=3)
+    runs = {"fast": make("fast", 0.0005), "slow": make("slow", 0.003)}
+    samples = runner._time_cpu(runs, cfg)
+    assert len(samples["fast"]) == len(samples["slow"]) == 3
+    timed = events[events.index("flush") + 1:]  # after the warm-up calls and the flush probe
+    calls = [e for e in timed if e != "flush"]
+    assert calls.count("fast") == calls.count("slow") > 3  # the fast one sets n for both
+    # every timed call directly follows a flush
+    assert all(timed[i - 1] == "flush" for i, e in enumerate(timed) if e != "flush")
