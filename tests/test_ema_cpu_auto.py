@@ -1,7 +1,9 @@
 """impl="auto" for the EMA on a CPU (issue 16): lists whose shadow and params share a dtype are
 updated by torch._foreach_lerp_ (same bytes, and the kernel measured slower), lists with 16-bit
 params keep the kernel; a backend named in the call or in GANKERN_IMPL runs the kernel. The
-kernel and torch's loop give the same bits, so the choice changes no result."""
+kernel and torch's loop compute the same two-sided lerp (bit for bit in the release build, where
+both contract it to an FMA; within an ulp in the sanitizer builds, which do not), so the choice
+changes no result."""
 
 import sys
 
@@ -15,6 +17,14 @@ from gankern.ops.ema import PlannedEmaUpdate, ema_update_
 pytestmark = pytest.mark.skipif(not _native.available("cpu"), reason="native CPU extension not built")
 ema_module = sys.modules["gankern.ops.ema"]
 SHAPES = [(), (7,), (33, 5), (4, 3, 3, 3), (70000,)]
+
+
+def _assert_same(got, want):
+    """Equal to the last bit or two: the release build's FMA and a sanitizer build's multiply-add
+    round differently in the last place."""
+    for a, b in zip(got, want):
+        eps = torch.finfo(a.dtype).eps
+        torch.testing.assert_close(a, b, rtol=2 * eps, atol=2 * eps * float(b.abs().max()))
 
 
 def _lists(param_dtype, shadow_dtype=torch.float32, seed=0):
@@ -43,8 +53,7 @@ def test_same_dtype_lists_take_foreach_under_auto_with_the_kernels_bits(dtype, p
     ema_update_(shadow, params, 0.001)
     ema_update_(by_kernel, params, 0.001, impl="cpu")
     assert paths == ["foreach", "kernel"]
-    for a, b in zip(shadow, by_kernel):
-        assert torch.equal(a, b)
+    _assert_same(shadow, by_kernel)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -68,8 +77,7 @@ def test_planned_update_and_module_follow_the_same_rule(paths):
     PlannedEmaUpdate(shadow, params)(0.002)
     PlannedEmaUpdate(by_kernel, params, impl="cpu")(0.002)
     assert paths == ["foreach", "kernel"]
-    for a, b in zip(shadow, by_kernel):
-        assert torch.equal(a, b)
+    _assert_same(shadow, by_kernel)
     model = torch.nn.Linear(5, 3)
     ema = gk.EMA(model, decay=0.9)
     with torch.no_grad():
@@ -85,5 +93,4 @@ def test_a_tensor_weight_works_on_the_foreach_path(paths):
     ema_update_(shadow, params, torch.tensor(0.25))
     ema_update_(by_kernel, params, torch.tensor(0.25), impl="cpu")
     assert paths == ["foreach", "kernel"]
-    for a, b in zip(shadow, by_kernel):
-        assert torch.equal(a, b)
+    _assert_same(shadow, by_kernel)

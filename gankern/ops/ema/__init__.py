@@ -111,9 +111,11 @@ def ema_update_(shadow, params, weight, impl: str = "auto") -> None:
 # an EMA step is pure memory traffic, both move the same bytes (read shadow and params, write
 # shadow), and the kernel measured 3-7% slower than torch's loop right after an Adam step
 # (SNGAN-32 G, 3.6M fp32 params, 2 threads, 40 interleaved steps: 1.07-1.12 ms vs 1.02-1.09 ms;
-# `gankern bench` cold-cache rows 0.92-0.99x). Its bits are the kernel's (the same two-sided
-# lerp). A float32 shadow of bf16/fp16 params keeps the kernel: it reads the params once,
-# upcast in registers, where torch needs an upcast copy first (1.6-2.3x).
+# `gankern bench` cold-cache rows 0.92-0.99x). The values are the kernel's: the same two-sided
+# lerp, bit for bit where the build contracts it to an FMA as torch's AVX2 loop does (the
+# release build; not the -O1 sanitizer builds). A float32 shadow of bf16/fp16 params keeps the
+# kernel: it reads the params once, upcast in registers, where torch needs an upcast copy first
+# (1.6-2.3x).
 def _same_dtype_groups(groups) -> bool:
     return all(sd == pd for (sd, pd), _ in groups)
 
