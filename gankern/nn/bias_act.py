@@ -215,7 +215,8 @@ class DeferredBiasAct(BiasAct):
                                "restored after fuse_bias_act), so this DeferredBiasAct would add it twice")
         if _plain_on_cpu(x, self.layer.forward.keywords.get("impl", "auto")):
             # The layer added its bias (_forward_without_bias): torch's activation only.
-            return act_reference(x, self.act, DEFAULT_ALPHA.get(self.act, 0.0) if self.alpha is None else self.alpha)
+            alpha = DEFAULT_ALPHA.get(self.act, 0.0) if self.alpha is None else self.alpha
+            return act_reference(x, self.act, alpha)
         return super().forward(x)
 
     def extra_repr(self) -> str:

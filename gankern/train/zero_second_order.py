@@ -10,15 +10,13 @@ two of the ~12 convolution passes of a WGAN-GP D step, all multiplying zeros.
 prune(out, g, x_hat) finds those edges in g's graph and drops the zero (a node post-hook returns
 None for it), so the engine skips the forward graph they lead to. Parameters whose only penalty
 gradient was that zero (the biases: x + b does not enter g's formula) still get an exact zero
-gradient through zero_anchor, a small node added to the penalty, as torch would give them: an optimizer step after a
-penalty-only backward (lazy R1) then treats them the same, and DDP's reducer sees every
-parameter. The weights get their real second-order gradients from g's own graph, as before.
+gradient, as torch would give them, through zero_anchor, a small node added to the penalty: an
+optimizer step after a penalty-only backward (lazy R1) then treats them the same, and DDP's
+reducer sees every parameter. The weights get their real second-order gradients from g's own graph, as before.
 Only ops whose zero is verified in tests/test_zero_second_order.py are pruned.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 
@@ -44,7 +42,8 @@ def _fed_leaf(node, forward):
     """The leaf a defined gradient into node reaches for sure (through pass-through forward
     nodes), or None."""
     while node is not None and not hasattr(node, "variable"):
-        if node not in forward or type(node).__name__ not in _PASS_THROUGH_NODES or len(node.next_functions) != 1:
+        if (node not in forward or type(node).__name__ not in _PASS_THROUGH_NODES
+                or len(node.next_functions) != 1):
             return None
         node = node.next_functions[0][0]
     return None if node is None else node.variable
@@ -77,7 +76,8 @@ class _ZeroGrads(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, _grad):
-        return (None,) + tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.meta)
+        return (None,) + tuple(torch.zeros(shape, dtype=dtype, device=device)
+                               for shape, dtype, device in ctx.meta)
 
 
 def prune(out: torch.Tensor, g: torch.Tensor, x_hat: torch.Tensor) -> list:
