@@ -48,13 +48,22 @@ def mlp_d():
                          nn.LeakyReLU(0.2), nn.Linear(16, 1))
 
 
+def inplace_bn_d():
+    """The PyTorch DCGAN tutorial's style: LeakyReLU(inplace=True) and BatchNorm (eval here, so
+    the samples stay independent)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(8, 16, 4, 2, 1),
+                         nn.BatchNorm2d(16), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(16, 1, 4, 1, 0),
+                         nn.Flatten()).eval()
+
+
 def smooth_d():
     """No piecewise-linear op: nothing to prune, the result must not change either."""
     return nn.Sequential(nn.Conv2d(3, 8, 4, 2, 1), nn.Tanh(), nn.Conv2d(8, 8, 4, 2, 1), nn.Softplus(),
                          nn.Flatten(), nn.Linear(8 * 4 * 4, 1))
 
 
-MODELS = {"dcgan": dcgan_d, "resnet": resnet_d, "pools": pool_d, "mlp": mlp_d, "smooth": smooth_d}
+MODELS = {"dcgan": dcgan_d, "resnet": resnet_d, "pools": pool_d, "mlp": mlp_d, "inplace_bn": inplace_bn_d,
+          "smooth": smooth_d}
 
 
 def _data(seed=0):
