@@ -127,9 +127,13 @@ def make_case(shapes: list[tuple], param_dtype: torch.dtype, device: torch.devic
 
     if with_compile:
         compiled = torch.compile(foreach, dynamic=False)
-        s_comp = fresh()
-        impls.append(Impl("torch.compile(_foreach_lerp_)", run=lambda: (compiled(s_comp, params), s_comp)[1],
-                          setup=lambda: compiled(fresh(), params)))  # compile on scratch copies
+
+        def compile_then_reset():
+            compiled(fresh(), params)  # compile on scratch copies
+            reset()
+
+        impls.append(Impl("torch.compile(_foreach_lerp_)", run=lambda: (compiled(shared, params), shared)[1],
+                          setup=compile_then_reset))
     else:
         impls.append(Impl("torch.compile(_foreach_lerp_)", run=lambda: None,
                           skip="--quick on CPU: compiling takes 15-60 s here; run the full bench"))
