@@ -94,3 +94,16 @@ def test_a_tensor_weight_works_on_the_foreach_path(paths):
     ema_update_(by_kernel, params, torch.tensor(0.25), impl="cpu")
     assert paths == ["foreach", "kernel"]
     _assert_same(shadow, by_kernel)
+
+
+def test_planned_update_follows_params_that_change_dtype(paths):
+    """The choice is made per call: params whose .data becomes fp16 after the plan was made take
+    the kernel (a float32 shadow of fp16 params), never torch's loop, which would stop part-way."""
+    params = [torch.nn.Parameter(torch.ones(3), requires_grad=False) for _ in range(3)]
+    shadow = [torch.zeros(3) for _ in range(3)]
+    update = PlannedEmaUpdate(shadow, params)
+    update(0.5)
+    params[1].data = params[1].data.half()
+    update(0.5)
+    assert paths == ["foreach", "kernel"]
+    assert all(torch.equal(s, torch.full((3,), 0.75)) for s in shadow)

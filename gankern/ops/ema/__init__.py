@@ -166,20 +166,21 @@ class PlannedEmaUpdate:
         self.plan = _native.EmaPlan(shadow, params)
         self.backend = _backend.resolve(impl, self.plan.device, IMPLEMENTED, op="ema_update_")
         self.plan.backend = self.backend  # "cuda_sim" runs the CUDA launcher on the host
-        # torch._foreach_lerp_ on a CPU under auto for same-dtype lists (see _same_dtype_groups).
-        self.foreach = (self.backend == "cpu" and _backend.chosen_by_auto(impl)
-                        and _same_dtype_groups(self.plan.groups))
+        # torch._foreach_lerp_ on a CPU under auto for same-dtype lists (see _same_dtype_groups),
+        # decided per call: params whose .data changes dtype regroup the plan.
+        self.auto_cpu = self.backend == "cpu" and _backend.chosen_by_auto(impl)
 
     def __call__(self, weight) -> None:
         if not self.plan.shadow:
             return
         if isinstance(weight, torch.Tensor) and weight.device != self.plan.device:
             weight = float(weight)
-        if self.foreach:
+        if self.auto_cpu:
             self.plan.revalidate_if_moved()
-            _native._check_ema_weight(weight, self.plan.shadow)
-            _foreach_same_dtype(self.plan.shadow, self.plan.params, weight)
-            return
+            if _same_dtype_groups(self.plan.groups):
+                _native._check_ema_weight(weight, self.plan.shadow)
+                _foreach_same_dtype(self.plan.shadow, self.plan.params, weight)
+                return
         if self.backend in ("cpu", "cuda", "cuda_sim"):
             self.plan.run(weight)
             return
