@@ -146,10 +146,10 @@ def _batch_norm_without_shift(bn: nn.Module, input: torch.Tensor) -> torch.Tenso
 # batch 16 with gk.gradient_penalty, relative to the unfused D with the hand-written penalty:
 # MLP critic 1.10-1.31x unfused vs 0.91-1.09x fused, DCGAN-32 critic 1.19x vs 1.16-1.18x (two
 # runs); the trainers bench (5 D steps + G + EMA, 2 threads, 31-41 interleaved runs): MLP 1.02x
-# vs 0.90x, DCGAN-32 1.11x vs 1.05x. Per call, the fused op costs two Python autograd nodes (~10 us each) where torch's
-# ops cost ~3 us, and since gk.gradient_penalty skips the zero second-order pass
-# (train/zero_second_order.py) the fused double backward saves nothing more on a CPU. On CUDA,
-# and with an explicit impl, the fused kernels run.
+# vs 0.90x, DCGAN-32 1.11x vs 1.05x. Per call, the fused op costs two Python autograd nodes
+# (~10 us each) where torch's ops cost ~3 us, and since gk.gradient_penalty skips the zero
+# second-order pass (train/zero_second_order.py) the fused double backward saves nothing more
+# on a CPU. On CUDA, and with an explicit impl, the fused kernels run.
 def _plain_on_cpu(x: torch.Tensor, impl: str) -> bool:
     return x.device.type == "cpu" and _backend.chosen_by_auto(impl)
 

@@ -12,8 +12,8 @@ None for it), so the engine skips the forward graph they lead to. Parameters who
 gradient was that zero (the biases: x + b does not enter g's formula) still get an exact zero
 gradient, as torch would give them, through zero_anchor, a small node added to the penalty: an
 optimizer step after a penalty-only backward (lazy R1) then treats them the same, and DDP's
-reducer sees every parameter. The weights get their real second-order gradients from g's own graph, as before.
-Only ops whose zero is verified in tests/test_zero_second_order.py are pruned.
+reducer sees every parameter. The weights get their real second-order gradients from g's own
+graph, as before. Only ops whose zero is verified in tests/test_zero_second_order.py are pruned.
 """
 
 from __future__ import annotations

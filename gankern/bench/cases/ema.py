@@ -168,13 +168,29 @@ def _adopt(module_params, shared: list) -> None:
         p.data = s
 
 
+def _frozen(params: list[torch.Tensor]) -> torch.nn.ParameterList:
+    """params as the frozen parameters of a module, the form EMA libraries take a model in."""
+    return torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in params])
+
+
+def _ema_pytorch_class(name: str, label: str, mixed: bool, kept: str):
+    """(ema_pytorch.<name>, None), or (None, a skipped row saying why it cannot run)."""
+    try:
+        import ema_pytorch
+    except ImportError:
+        return None, Impl(label, run=lambda: None, skip="ema_pytorch not installed")
+    if mixed:
+        return None, Impl(label, run=lambda: None, skip=f"ema-pytorch keeps {kept} in the param dtype")
+    return getattr(ema_pytorch, name), None
+
+
 def _gk_ema_impl(shared: list[torch.Tensor], params: list[torch.Tensor], reset) -> Impl:
     """gk.EMA(model).update(): the module API a trainer calls, over a model holding params
     (its planned update, checks paid once, plus the per-step decay and buffer bookkeeping)."""
     from ...nn.ema import EMA
 
     model = torch.nn.Module()
-    model.weights = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in params])
+    model.weights = _frozen(params)
     ema = EMA(model, decay=DECAY, impl="auto")
     _adopt(ema.module.parameters(), shared)
 
@@ -189,14 +205,10 @@ def _ema_pytorch_impl(shared: list[torch.Tensor], params: list[torch.Tensor], mi
     """ema-pytorch (lucidrains) when installed: its EMA.update() over the same tensors, with
     its warm-up schedule pinned to the fixed decay so the result is comparable."""
     label = "ema-pytorch"
-    try:
-        from ema_pytorch import EMA as EmaPytorch
-    except ImportError:
-        return Impl(label, run=lambda: None, skip="ema_pytorch not installed")
-    if mixed:
-        return Impl(label, run=lambda: None, skip="ema-pytorch keeps the shadow in the param dtype")
-    online = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in params])
-    ema = EmaPytorch(online, beta=DECAY, update_after_step=0, update_every=1)
+    EmaPytorch, skipped = _ema_pytorch_class("EMA", label, mixed, "the shadow")
+    if skipped:
+        return skipped
+    ema = EmaPytorch(_frozen(params), beta=DECAY, update_after_step=0, update_every=1)
     ema.get_current_decay = lambda: DECAY  # the library's warm-up would change the decay per step
     _adopt(ema.ema_model.parameters(), shared)
     ema.step.fill_(1)  # past its first call, which copies instead of averaging
@@ -219,17 +231,13 @@ def _ema_pytorch_posthoc_impl(shared: list, params: list[torch.Tensor], mixed: b
     placed at update POSTHOC_STEP so its decay is the one the fused row uses (its step counter
     then advances per timed call, as in training); snapshots are left to 'manual'."""
     label = "ema-pytorch PostHocEMA"
-    try:
-        from ema_pytorch import PostHocEMA as PostHocEmaPytorch
-    except ImportError:
-        return Impl(label, run=lambda: None, skip="ema_pytorch not installed")
-    if mixed:
-        return Impl(label, run=lambda: None, skip="ema-pytorch keeps the profiles in the param dtype")
+    PostHocEmaPytorch, skipped = _ema_pytorch_class("PostHocEMA", label, mixed, "the profiles")
+    if skipped:
+        return skipped
     import tempfile
 
-    online = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in params])
     folder = tempfile.mkdtemp(prefix="gankern-bench-posthoc-")  # it creates it even when manual
-    ema = PostHocEmaPytorch(online, sigma_rels=POSTHOC_SIGMA_RELS, update_every=1,
+    ema = PostHocEmaPytorch(_frozen(params), sigma_rels=POSTHOC_SIGMA_RELS, update_every=1,
                             checkpoint_every_num_steps="manual", checkpoint_folder=folder)
     for profile, shadow in zip(ema.ema_models, shared):
         _adopt(profile.ema_model.parameters(), shadow)
