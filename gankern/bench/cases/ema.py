@@ -196,7 +196,7 @@ def _gk_ema_impl(shared: list[torch.Tensor], params: list[torch.Tensor], reset) 
 
     def run():
         ema.update()
-        return list(ema.module.parameters())
+        return shared  # its parameters are these buffers (_adopt); listing them is not the update
 
     return Impl("gk.EMA.update", run=run, setup=reset)
 
@@ -217,7 +217,7 @@ def _ema_pytorch_impl(shared: list[torch.Tensor], params: list[torch.Tensor], mi
 
     def run():
         ema.update()
-        return list(ema.ema_model.parameters())
+        return shared  # as in gk.EMA's row: its shadow parameters are these buffers
 
     return Impl(label, run=run, setup=reset)
 
@@ -251,7 +251,7 @@ def _ema_pytorch_posthoc_impl(shared: list, params: list[torch.Tensor], mixed: b
 
     def run():
         ema.update()
-        return [list(profile.ema_model.parameters()) for profile in ema.ema_models]
+        return shared  # the profiles' parameters are these buffers (_adopt)
 
     return Impl(label, run=run, setup=setup)
 

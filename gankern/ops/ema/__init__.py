@@ -107,27 +107,6 @@ def ema_update_(shadow, params, weight, impl: str = "auto") -> None:
     torch.autograd.graph.increment_version(shadow)
 
 
-# On a CPU, auto updates lists whose shadow and params share a dtype with torch._foreach_lerp_:
-# an EMA step is pure memory traffic, both move the same bytes (read shadow and params, write
-# shadow), and the kernel measured 3-7% slower than torch's loop right after an Adam step
-# (SNGAN-32 G, 3.6M fp32 params, 2 threads, 40 interleaved steps: 1.07-1.12 ms vs 1.02-1.09 ms;
-# `gankern bench` cold-cache rows 0.92-0.99x). The values are the kernel's: the same two-sided
-# lerp, bit for bit where the build contracts it to an FMA as torch's AVX2 loop does (the
-# release build; not the -O1 sanitizer builds). A float32 shadow of bf16/fp16 params keeps the
-# kernel: it reads the params once, upcast in registers, where torch needs an upcast copy first
-# (1.6-2.3x).
-def _same_dtype_groups(groups) -> bool:
-    return all(sd == pd for (sd, pd), _ in groups)
-
-
-def _foreach_same_dtype(shadow, params, weight) -> None:
-    """torch._foreach_lerp_ on lists already checked to pair equal dtypes (no upcast copies)."""
-    if isinstance(weight, torch.Tensor):
-        ema_update_reference_(list(shadow), list(params), weight)
-    else:
-        torch._foreach_lerp_(list(shadow), list(params), float(weight))
-
-
 def _native_fast_path(shadow, params, weight, impl: str) -> bool:
     """Run an eager call whose lists pass _native.ema_fast_groups (the checks below, in one
     pass) on the native backend it resolves to; False, having changed nothing, for anything
@@ -144,9 +123,6 @@ def _native_fast_path(shadow, params, weight, impl: str) -> bool:
         return False
     if isinstance(weight, torch.Tensor) and weight.device.type == "cpu" and device.type == "cuda":
         weight = float(weight)  # a CPU scalar costs no device sync
-    if backend == "cpu" and _backend.chosen_by_auto(impl) and _same_dtype_groups(groups):
-        _foreach_same_dtype(shadow, params, weight)
-        return True
     _native._ema_launch(device, groups, weight, backend)
     torch.autograd.graph.increment_version(shadow)
     return True
@@ -166,28 +142,23 @@ class PlannedEmaUpdate:
         self.plan = _native.EmaPlan(shadow, params)
         self.backend = _backend.resolve(impl, self.plan.device, IMPLEMENTED, op="ema_update_")
         self.plan.backend = self.backend  # "cuda_sim" runs the CUDA launcher on the host
-        # torch._foreach_lerp_ on a CPU under auto for same-dtype lists (see _same_dtype_groups),
-        # decided per call: params whose .data changes dtype regroup the plan.
-        self.auto_cpu = self.backend == "cpu" and _backend.chosen_by_auto(impl)
 
     def __call__(self, weight) -> None:
+        """One update; callers need not disable grad mode (gk.EMA does not, to save its cost)."""
+        if self.backend in ("cpu", "cuda", "cuda_sim"):
+            if isinstance(weight, torch.Tensor) and weight.device != self.plan.device:
+                weight = float(weight)
+            self.plan.run(weight)
+            return
         if not self.plan.shadow:
             return
         if isinstance(weight, torch.Tensor) and weight.device != self.plan.device:
             weight = float(weight)
-        if self.auto_cpu:
-            self.plan.revalidate_if_moved()
-            if _same_dtype_groups(self.plan.groups):
-                _native._check_ema_weight(weight, self.plan.shadow)
-                _foreach_same_dtype(self.plan.shadow, self.plan.params, weight)
-                return
-        if self.backend in ("cpu", "cuda", "cuda_sim"):
-            self.plan.run(weight)
-            return
         self.plan.revalidate_if_moved()
-        if self.backend == "reference":
-            ema_update_reference_(self.plan.shadow, self.plan.params, weight)
-        else:
-            from .triton import ema_update_triton_
+        with torch.no_grad():  # the reference's torch lerp would otherwise record the update
+            if self.backend == "reference":
+                ema_update_reference_(self.plan.shadow, self.plan.params, weight)
+            else:
+                from .triton import ema_update_triton_
 
-            ema_update_triton_(self.plan.shadow, self.plan.params, weight)
+                ema_update_triton_(self.plan.shadow, self.plan.params, weight)
