@@ -23,6 +23,6 @@ case "$loaded" in "$WORK"/*) echo "== testing $loaded" ;; *) echo "ASan build no
 # unwinding through torch's C++ dispatcher aborts the interpreter, with no ASan report and no
 # gankern kernel involved. They test Python checks, not kernel memory, and run in the suite.
 SELECT="cpu and not compile and not costs_nothing and not bad and not reject and not raise and not alias and not checks and not opcheck"
-if [ $# -eq 0 ]; then set -- -q tests -k "$SELECT" -p no:cacheprovider; fi
+if [ $# -eq 0 ]; then set -- -q -n 2 tests -k "$SELECT" -p no:cacheprovider; fi
 echo "== pytest under ASan: $*"
 LD_PRELOAD="$LIBASAN" python -m pytest "$@"

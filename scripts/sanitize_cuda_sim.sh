@@ -40,7 +40,7 @@ LIBASAN=$(g++ -print-file-name=libasan.so)
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 LD_PRELOAD="$LIBASAN" loaded_from_work
 # shellcheck disable=SC2086
-LD_PRELOAD="$LIBASAN" python -m pytest -q --capture=sys -p no:cacheprovider $OP_TESTS -k "cuda_sim and $NOT_RAISING"
+LD_PRELOAD="$LIBASAN" python -m pytest -q -n 2 --capture=sys -p no:cacheprovider $OP_TESTS -k "cuda_sim and $NOT_RAISING"
 unset ASAN_OPTIONS
 
 echo "== TSan build of the CUDA host harness"
@@ -52,4 +52,4 @@ export TSAN_OPTIONS="halt_on_error=1:exitcode=66:report_signal_unsafe=0" GANKERN
 LD_PRELOAD="$LIBTSAN" loaded_from_work
 # Tests that raise through torch's dispatcher run fine under TSan, so they stay in.
 # shellcheck disable=SC2086
-LD_PRELOAD="$LIBTSAN" python -m pytest -q --capture=sys -p no:cacheprovider $TSAN_TESTS -k "$TSAN_SELECT"
+LD_PRELOAD="$LIBTSAN" python -m pytest -q -n 2 --capture=sys -p no:cacheprovider $TSAN_TESTS -k "$TSAN_SELECT"

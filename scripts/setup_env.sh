@@ -22,7 +22,7 @@ fi
 if [ "${1:-dev}" = run ]; then
   need="pybind11, ninja, tqdm, matplotlib, PIL"; reqs=requirements-run.txt
 else
-  need="pytest, pybind11, ninja, hypothesis, sklearn, matplotlib, ema_pytorch"; reqs=requirements-dev.txt
+  need="pytest, xdist, pybind11, ninja, hypothesis, sklearn, matplotlib, ema_pytorch"; reqs=requirements-dev.txt
 fi
 if ! python -c "import $need" 2>/dev/null; then
   echo "== installing $reqs"

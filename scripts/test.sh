@@ -13,4 +13,7 @@ if [ "${GANKERN_NO_CUDA_SIM:-0}" != "1" ]; then
   python scripts/build_cuda_sim.py
 fi
 python -m gankern info
-exec python -m pytest -q tests "$@"
+# Two worker processes by default (GANKERN_TEST_WORKERS=0 runs in this one): most of the suite's
+# time is the Triton interpreter and autograd bookkeeping, single-threaded Python, so on 2 cores two
+# workers take half the time; tests/conftest.py gives each worker its share of torch's threads.
+exec python -m pytest -q -n "${GANKERN_TEST_WORKERS:-2}" tests "$@"
