@@ -63,7 +63,7 @@ class ImplResult:
     gbps: Optional[float] = None         # bytes_moved / time
     pct_floor: Optional[float] = None    # bandwidth floor time / this time, in %
     peak_mem_bytes: Optional[int] = None  # memory allocated during one call above what was live
-    overhead_s: Optional[float] = None   # time - the case's floor implementation's time
+    overhead_s: Optional[float] = None   # time - the floor row's time (median of per-round differences)
     overhead_ratio: Optional[float] = None  # baseline's overhead / this overhead: > 1 is smaller
     note: str = ""
 
@@ -382,13 +382,26 @@ def run_case(case: Case, device: torch.device, cfg: TimingConfig, bandwidth: Opt
     return result
 
 
+def paired_overhead(samples: list, floor_samples: list) -> float:
+    """Median over rounds of (sample - the floor's sample of the same round).
+
+    An overhead is a small difference of two large times (SN's few ms inside a ~20 ms D step),
+    so the difference of two separate medians inherits both medians' noise, and load that
+    drifts over the run lands wherever it lands. Each round times every implementation back to
+    back, so a round's difference cancels what the two calls shared; with unequal sample lists
+    (never from one run_case) it falls back to the difference of the medians."""
+    if len(samples) != len(floor_samples) or not samples:
+        return statistics.median(samples) - statistics.median(floor_samples)
+    return statistics.median(a - b for a, b in zip(samples, floor_samples))
+
+
 def _overheads(result: CaseResult, floor_label: Optional[str], base) -> None:
     floor = next((r for r in result.impls if r.label == floor_label and r.time_s), None)
     if floor is None:
         return
     for r in result.impls:
         if r.time_s and r is not floor:
-            r.overhead_s = r.time_s - floor.time_s
+            r.overhead_s = paired_overhead(r.samples_s, floor.samples_s)
     if base is None or base.overhead_s is None:
         return
     for r in result.impls:
