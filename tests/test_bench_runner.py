@@ -172,6 +172,21 @@ def test_overhead_over_a_floor_implementation():
     assert ("smaller than *" in by["fast"].note) == (by["fast"].overhead_ratio is not None)
 
 
+def test_case_min_rounds_outlasts_the_time_budget():
+    # A whole-iteration case asks for more rounds than the budget fits: it gets them; a case
+    # that asks for nothing keeps the config's.
+    cfg = runner.TimingConfig(repeats=3, min_sample_s=0.0, budget_s=1e-9, min_rounds=2, measure_memory=False)
+
+    def toy(min_rounds):
+        impls = [Impl("a", run=lambda: torch.zeros(1)), Impl("b", run=lambda: torch.zeros(1), is_baseline=True)]
+        return Case(op="toy", name="rounds", impls=impls, error=lambda out: 0.0, min_rounds=min_rounds)
+
+    asked = runner.run_case(toy(7), torch.device("cpu"), cfg)
+    default = runner.run_case(toy(0), torch.device("cpu"), cfg)
+    assert [len(r.samples_s) for r in asked.impls] == [7, 7]
+    assert [len(r.samples_s) for r in default.impls] == [2, 2]
+
+
 def test_paired_overhead_cancels_load_shared_by_a_round():
     # Load moved over the run: rounds 3-5 were 10 ms slower for everyone, and in round 3 the
     # implementation ran just before the load arrived. Four of five rounds differ by exactly

@@ -40,3 +40,7 @@ class Case:
     # reports its overhead over it (time - floor time) and how many times smaller that is than
     # the baseline's overhead, the figure SN's targets are stated in.
     overhead_over: Optional[str] = None
+    # At least this many interleaved timing rounds, whatever the time budget: a whole training
+    # iteration of a few hundred ms fits only ~5 rounds in the quick budget, and its median
+    # of 5 moved by 30% between runs (e2e read 0.73x once, 1.11-1.14x around it).
+    min_rounds: int = 0

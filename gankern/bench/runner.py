@@ -17,7 +17,7 @@ import pkgutil
 import statistics
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -357,8 +357,10 @@ def run_case(case: Case, device: torch.device, cfg: TimingConfig, bandwidth: Opt
     if runs:
         if progress:
             progress(f"{case.op}: timing {len(runs)} impls")
+        timing = cfg if case.min_rounds <= cfg.min_rounds else replace(
+            cfg, min_rounds=case.min_rounds, repeats=max(cfg.repeats, case.min_rounds))
         try:
-            samples = _time_cuda(runs, cfg, device) if device.type == "cuda" else _time_cpu(runs, cfg)
+            samples = _time_cuda(runs, timing, device) if device.type == "cuda" else _time_cpu(runs, timing)
         except Exception as e:  # noqa: BLE001 - e.g. an impl that fails only on a later call
             samples = {}
             for r in result.impls:

@@ -205,7 +205,7 @@ def make_case(device, batch: int, ch: int, n_batches: int = 4, seed: int = 0, to
                 error=error, tolerance=tolerance,
                 params={"batch": batch, "width": ch, "steps_per_call": R1_EVERY, "r1_every": R1_EVERY,
                         "r1_gamma": R1_GAMMA, "ema_decay": DECAY, "loss": "hinge", "params": n_params,
-                        "dtype": "float32"})
+                        "dtype": "float32"}, min_rounds=9)
 
 
 def cases(device: torch.device, quick: bool) -> list[Case]:

@@ -166,7 +166,8 @@ def make_cases(name: str, factory, res: int, batch: int, device: torch.device, a
               "sn_layers": len(_sn_weights(base))}
     return [
         Case(op="spectral_norm", name=f"{name} D fwd+bwd, {label}, batch {batch}", impls=impls_step,
-             error=step_error, tolerance=tol, params=params, overhead_over="no SN (floor)"),
+             error=step_error, tolerance=tol, params=params, overhead_over="no SN (floor)",
+             min_rounds=21),  # the overhead is a few ms inside ~20 ms: many rounds
         Case(op="spectral_norm", name=f"{name} SN alone (all layers' W/sigma fwd+bwd), {label}",
              impls=impls_sn, error=sn_error, tolerance=1e-5, params=params,
              overhead_over="no SN (floor)"),

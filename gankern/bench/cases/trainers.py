@@ -264,7 +264,8 @@ def make_case(name: str, build: Callable, *, image, z_dim, batch, loss, lr, beta
     return Case(op="trainers", name=f"{name}, batch {batch}, {N_CRITIC} D steps + G + EMA, fp32", impls=impls,
                 error=error, tolerance=tolerance,
                 params={"batch": batch, "n_critic": N_CRITIC, "loss": loss, "params": n_params, "sn": sn,
-                        "penalty": None if sn else f"wgan-gp lambda {LAMBDA_GP}", "ema_decay": EMA_DECAY})
+                        "penalty": None if sn else f"wgan-gp lambda {LAMBDA_GP}", "ema_decay": EMA_DECAY},
+                min_rounds=9)
 
 
 def cases(device: torch.device, quick: bool) -> list[Case]:
