@@ -670,6 +670,13 @@ class SnPlan:
         self.code = DTYPE_CODES[weight.dtype]
         self.key = _sn_key(weight, u, v)
         self.cpu = kind == "cpu"
+        # The copies of u and v and sigma that a backward needs live in ONE scratch tensor (one
+        # allocation a forward instead of three: on a small layer each costs about as much as
+        # its kernels), at 64-byte aligned offsets, as separate allocations would be.
+        item = weight.element_size()
+        self._v_at = -(-u.numel() * item // 64) * 64
+        self._sigma_at = self._v_at + -(-v.numel() * item // 64) * 64
+        self._scratch_numel = (self._sigma_at + 64) // item
         self._pi = self._scale = self._sigma = cpu_backward = None
         if self.cpu:
             self._pi, self._scale = C.sn_power_iteration_cpu, C.sn_scale_cpu
@@ -678,21 +685,23 @@ class SnPlan:
         # What a backward needs of the forward that ran under this validation: the plan may be
         # revalidated (model.double(), a new buffer) before an older graph runs its backward.
         self.spec = (self.code, self.a, self.m, self.b, weight.shape, weight.stride(), weight.dtype,
-                     weight.data_ptr(), cpu_backward)
+                     weight.data_ptr(), cpu_backward, u.numel(), v.numel(), self._v_at, self._sigma_at)
 
     def train_forward(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_iter: int,
                       eps: float):
         """n_iter power iterations on u, v in place, then W / sigma, in two launches.
-        Returns (W / sigma, sigma, copy of u, copy of v, spec for backward)."""
+        Returns (W / sigma, scratch, spec for backward); scratch holds the copies of u and v
+        and sigma that the backward needs (unpack_scratch gives them as tensors)."""
         if _sn_key(weight, u, v) != self.key:
             self._validate(weight, u, v)
         a, m, b = self.a, self.m, self.b
-        sigma = torch.empty((), dtype=weight.dtype, device=weight.device)
-        u_copy, v_copy = torch.empty_like(u), torch.empty_like(v)
+        scratch = torch.empty(self._scratch_numel, dtype=weight.dtype, device=weight.device)
         out = torch.empty_like(weight)
+        base = scratch.data_ptr()
+        sigma_ptr = base + self._sigma_at
         pi_args = (self.code, weight.data_ptr(), a, m, b, u.data_ptr(), v.data_ptr(), int(n_iter),
-                   float(eps), sigma.data_ptr(), u_copy.data_ptr(), v_copy.data_ptr())
-        scale_args = (self.code, weight.data_ptr(), weight.numel(), sigma.data_ptr(), out.data_ptr())
+                   float(eps), sigma_ptr, base, base + self._v_at)
+        scale_args = (self.code, weight.data_ptr(), weight.numel(), sigma_ptr, out.data_ptr())
         if self.cpu:
             self._pi(*pi_args)
             self._scale(*scale_args)
@@ -700,7 +709,14 @@ class SnPlan:
             _launch("sn_power_iteration", weight.device, pi_args,
                     workspace=lambda: _sn_workspace(weight, a, m, b), backend=self.backend)
             _launch("sn_scale", weight.device, scale_args, backend=self.backend)
-        return out, sigma, u_copy, v_copy, self.spec
+        return out, scratch, self.spec
+
+    @staticmethod
+    def unpack_scratch(scratch: torch.Tensor, spec: tuple) -> tuple:
+        """(u copy, v copy, sigma) of a train_forward's scratch, as views (for a double backward)."""
+        item = scratch.element_size()
+        n_u, n_v, v_at, sigma_at = spec[9:]
+        return (scratch[:n_u], scratch[v_at // item:v_at // item + n_v], scratch[sigma_at // item])
 
     def eval_forward(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """sigma = u^T W v from the stored u, v, then W / sigma, in two launches (no grad).
@@ -721,12 +737,12 @@ class SnPlan:
             _launch("sn_scale", weight.device, scale_args, backend=self.backend)
         return out
 
-    def backward(self, grad: torch.Tensor, weight: torch.Tensor, u_copy: torch.Tensor,
-                 v_copy: torch.Tensor, sigma: torch.Tensor, spec: tuple) -> torch.Tensor:
+    def backward(self, grad: torch.Tensor, weight: torch.Tensor, scratch: torch.Tensor,
+                 spec: tuple) -> torch.Tensor:
         """grad/sigma - (<grad, weight>/sigma^2) u v^T for the tensors train_forward returned
-        with `spec`. u_copy, v_copy and sigma are train_forward's own; only the weight (a user's
+        with `spec`. scratch (u, v and sigma) is train_forward's own; only the weight (a user's
         tensor, whose .data can be swapped by model.to()) is checked against the forward's."""
-        code, a, m, b, shape, stride, dtype, ptr, cpu_backward = spec
+        code, a, m, b, shape, stride, dtype, ptr, cpu_backward, _, _, v_at, sigma_at = spec
         if (weight.data_ptr() != ptr or weight.dtype != dtype or weight.shape != shape
                 or weight.stride() != stride):
             raise ValueError("weight changed shape, layout, dtype or storage between forward and "
@@ -737,8 +753,8 @@ class SnPlan:
             raise ValueError(f"grad must be contiguous with shape {tuple(weight.shape)}, got shape "
                              f"{tuple(grad.shape)}, strides {grad.stride()}")
         out = torch.empty_like(weight)
-        args = (code, grad.data_ptr(), ptr, a, m, b, u_copy.data_ptr(), v_copy.data_ptr(),
-                sigma.data_ptr(), out.data_ptr())
+        base = scratch.data_ptr()
+        args = (code, grad.data_ptr(), ptr, a, m, b, base, base + v_at, base + sigma_at, out.data_ptr())
         if cpu_backward is not None:
             cpu_backward(*args)
         else:

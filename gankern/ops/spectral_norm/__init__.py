@@ -214,19 +214,20 @@ class _EagerTrainForward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, plan, state):
         u, v, n_iter, eps, backend = state
-        out, sigma, u_copy, v_copy, spec = plan.train_forward(weight, u, v, n_iter, eps)
+        out, scratch, spec = plan.train_forward(weight, u, v, n_iter, eps)
         ctx.plan, ctx.spec, ctx.backend = plan, spec, backend
-        ctx.save_for_backward(weight, u_copy, v_copy, sigma)
+        ctx.save_for_backward(weight, scratch)  # scratch: the copies of u, v and sigma
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        weight, u, v, sigma = ctx.saved_tensors
+        weight, scratch = ctx.saved_tensors
         grad = grad.contiguous()
         if torch.is_grad_enabled():  # create_graph=True: the differentiable op
+            u, v, sigma = ctx.plan.unpack_scratch(scratch, ctx.spec)
             d_weight = _normalize_backward_op(grad, weight, u, v, sigma, ctx.plan.dim, ctx.backend)
         else:
-            d_weight = ctx.plan.backward(grad, weight, u, v, sigma, ctx.spec)
+            d_weight = ctx.plan.backward(grad, weight, scratch, ctx.spec)
         return d_weight, None, None
 
 
