@@ -64,3 +64,18 @@ def test_missing_native_extension_warns_once_and_auto_falls_back(monkeypatch):
     assert torch.equal(s[0], p[0])
     with pytest.raises(ValueError, match="impl='cpu' is not available"):
         gk.ops.ema_update_(s, p, 1.0, impl="cpu")
+
+
+def test_env_impl_reads_gankern_impl_as_it_is_now(monkeypatch):
+    # Read from os.environ's own mapping on every call (no KeyError path): a value set, changed,
+    # emptied or removed after import is seen at once, as os.environ.get would see it.
+    monkeypatch.delenv("GANKERN_IMPL", raising=False)
+    assert _backend.env_impl() == "auto"
+    monkeypatch.setenv("GANKERN_IMPL", "reference")
+    assert _backend.env_impl() == "reference"
+    assert not _backend.chosen_by_auto("auto")
+    monkeypatch.setenv("GANKERN_IMPL", "")
+    assert _backend.env_impl() == "auto"
+    assert _backend.chosen_by_auto("auto")
+    monkeypatch.delenv("GANKERN_IMPL")
+    assert _backend.env_impl() == "auto"

@@ -27,13 +27,7 @@ SPEEDUP, OVERHEAD = "speedup", "SN overhead, times smaller"
 def target(op: str, case: str, impl: str = "") -> Optional[tuple[str, float]]:
     """(figure, at least) a gankern row is judged on; None: shown, not judged (e.g. the
     penalty op alone in an unfused D, which the D-step target does not cover)."""
-    if op == "ema":
-        # The CPU kernel named explicitly on a same-dtype list (the functional op's row, and K
-        # single updates beside the fused post-hoc one): shown, not judged, because there auto
-        # runs torch._foreach_lerp_ (measured faster; gankern/ops/ema/__init__.py), and the
-        # "gankern (auto)" row is the functional op as users call it.
-        if impl.startswith("gankern[cpu]") and "multi" not in impl and "float16" not in case:
-            return None
+    if op == "ema":  # on a CPU, auto runs the kernel for every dtype pair: every row is judged
         return SPEEDUP, 1.0
     if op == "bias_act":
         return SPEEDUP, 1.0

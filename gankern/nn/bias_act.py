@@ -151,7 +151,7 @@ def _batch_norm_without_shift(bn: nn.Module, input: torch.Tensor) -> torch.Tenso
 # second-order pass (train/zero_second_order.py) the fused double backward saves nothing more
 # on a CPU. On CUDA, and with an explicit impl, the fused kernels run.
 def _plain_on_cpu(x: torch.Tensor, impl: str) -> bool:
-    return x.device.type == "cpu" and _backend.chosen_by_auto(impl)
+    return x.is_cpu and _backend.chosen_by_auto(impl)  # not x.device: it builds a torch.device
 
 
 def _forward_without_bias(layer: nn.Module, input: torch.Tensor, output_size=None, *,

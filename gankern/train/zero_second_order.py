@@ -38,14 +38,19 @@ _PASS_THROUGH_NODES = frozenset({
 })
 
 
-def _fed_leaf(node, forward):
+def _is_leaf(node) -> bool:
+    # Not hasattr(node, "variable"): on every other node that raises and catches an AttributeError.
+    return type(node).__name__ == "AccumulateGrad"
+
+
+def _fed_leaf(node, forward: dict):
     """The leaf a defined gradient into node reaches for sure (through pass-through forward
     nodes), or None."""
-    while node is not None and not hasattr(node, "variable"):
-        if (node not in forward or type(node).__name__ not in _PASS_THROUGH_NODES
-                or len(node.next_functions) != 1):
+    while node is not None and not _is_leaf(node):
+        nexts = forward.get(node)
+        if nexts is None or type(node).__name__ not in _PASS_THROUGH_NODES or len(nexts) != 1:
             return None
-        node = node.next_functions[0][0]
+        node = nexts[0][0]
     return None if node is None else node.variable
 
 
@@ -53,16 +58,19 @@ def _drop_input_grad(grad_inputs, grad_outputs):
     return (grad_inputs[0], None)
 
 
-def _nodes(*roots) -> list:
-    """Every node reachable from the roots (graph order does not matter)."""
-    seen, stack, out = set(), list(roots), []
+def _graph(roots, known: dict = None) -> dict:
+    """{node: node.next_functions} for every node reachable from the roots that is not in
+    `known`; nodes of `known` are not expanded (a graph from _graph is closed: all they reach
+    is in it already). Each node's next_functions is read once: every read builds new Python
+    objects for the node's edges, which is most of what a walk costs."""
+    known = known or {}
+    out, stack = {}, [r for r in roots if r is not None]
     while stack:
         node = stack.pop()
-        if node is None or node in seen:
+        if node in out or node in known:
             continue
-        seen.add(node)
-        out.append(node)
-        stack.extend(next_fn for next_fn, _ in node.next_functions)
+        nexts = out[node] = node.next_functions
+        stack.extend(n for n, _ in nexts if n is not None)
     return out
 
 
@@ -86,13 +94,10 @@ def prune(out: torch.Tensor, g: torch.Tensor, x_hat: torch.Tensor) -> list:
     to zero_anchor and add its result to the penalty. [] when nothing was pruned."""
     if out.grad_fn is None or g.grad_fn is None or torch.compiler.is_compiling():
         return []
-    forward = set(_nodes(out.grad_fn))
+    forward = _graph([out.grad_fn])
     targets = []  # the forward-graph nodes the dropped zeros went to
     fed = set()  # leaves that g's own graph (the double backward) reaches directly
-    for node in _nodes(g.grad_fn):
-        if node in forward:
-            continue
-        nexts = node.next_functions
+    for node, nexts in _graph([g.grad_fn], known=forward).items():  # g's own nodes only
         zero_edge = type(node).__name__ in ZERO_INPUT_GRAD_NODES and len(nexts) == 2
         for i, (next_fn, _) in enumerate(nexts):
             leaf = None if zero_edge and i == 1 else _fed_leaf(next_fn, forward)
@@ -106,8 +111,13 @@ def prune(out: torch.Tensor, g: torch.Tensor, x_hat: torch.Tensor) -> list:
     # Exactly the leaves torch's zeros reached: those below the pruned edges (a bias above
     # every activation, such as the output layer's, got no gradient from the penalty in torch
     # either), less those g's graph feeds with their real gradient anyway.
-    reached = _nodes(*targets)
-    leaves = [n.variable for n in reached if hasattr(n, "variable")]
+    reached, stack = {}, list(targets)  # a dict: an ordered set, so the order is the walk's
+    while stack:  # within the forward graph, whose edges were read once above
+        node = stack.pop()
+        if node not in reached:
+            reached[node] = None
+            stack.extend(n for n, _ in forward[node] if n is not None)
+    leaves = [n.variable for n in reached if _is_leaf(n)]
     return [v for v in leaves if id(v) not in fed and v is not x_hat and v.requires_grad]
 
 
