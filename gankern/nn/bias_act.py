@@ -158,11 +158,13 @@ def _forward_without_bias(layer: nn.Module, input: torch.Tensor, output_size=Non
                           impl: str = "auto") -> torch.Tensor:
     """The layer's own forward, bias left out (the DeferredBiasAct after it adds it); on the
     CPU under impl="auto", the layer's own forward with its bias (see _plain_on_cpu)."""
-    cls = _torch_layer_class(layer)
     if _plain_on_cpu(input, impl):
-        if cls in _CONV_TRANSPOSE:
-            return cls.forward(layer, input, output_size)
-        return cls.forward(layer, input)
+        # type(layer).forward is the torch class's own (fuse_bias_act checked it, and a
+        # parametrization's subclass inherits it); only a transposed conv takes output_size.
+        if output_size is not None:
+            return type(layer).forward(layer, input, output_size)
+        return type(layer).forward(layer, input)
+    cls = _torch_layer_class(layer)
     if cls in _NORMS:
         return _batch_norm_without_shift(layer, input)
     if cls is nn.Linear:
