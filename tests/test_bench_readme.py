@@ -34,8 +34,8 @@ def test_section_states_machine_load_date_commit_and_each_row_against_its_target
     assert "tests/data/bench_readme_fixture.png" in text
     ema = [ln for ln in text.splitlines() if ln.startswith("| ema |")]
     assert len(ema) == 2  # gankern[cpu] and gk.EMA.update; the baseline and skipped rows are not gankern rows
-    # The CPU kernel named on a same-dtype list is shown, not judged (auto runs torch's loop there).
-    assert "| 1.07× |  |" in ema[0] and "| 1.4 ms | torch._foreach_lerp_ | 1.5 ms |" in ema[0]
+    # Every EMA row is judged: on a CPU, auto runs the kernel for every dtype pair.
+    assert "| 1.07× | ≥ 1.00× ✓ |" in ema[0] and "| 1.4 ms | torch._foreach_lerp_ | 1.5 ms |" in ema[0]
     assert "| 1.00× | ≥ 1.00× ✓ |" in ema[1]
     sn = next(ln for ln in text.splitlines() if ln.startswith("| spectral_norm |"))
     assert "2.50× (overhead) | ≥ 2.00× ✓" in sn
