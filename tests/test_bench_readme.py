@@ -43,7 +43,7 @@ def test_section_states_machine_load_date_commit_and_each_row_against_its_target
     assert "| WRONG | ✗ |" in wrong and "| inf |" in wrong
     conv = next(ln for ln in text.splitlines() if ln.startswith("| trainers |"))
     assert "1.11× | ≥ 1.20× ✗" in conv  # conv critics have the higher bar
-    assert "2 of 4 gankern rows meet their target; missed: " in text
+    assert "3 of 5 gankern rows meet their target; missed: " in text
     assert "bias_act bias+lrelu" in text and "trainers DCGAN WGAN-GP critic 3x32x32 (gankern: 1.11×)" in text
     assert "their floor (a same-protocol copy of the case's bytes): ema SNGAN-32 G, fp32 torch._foreach_lerp_ 101%." in text
 
