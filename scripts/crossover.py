@@ -4,6 +4,7 @@
     python scripts/crossover.py bias_act [--threads 1] [--rounds 15]
     python scripts/crossover.py gp_dstep [--threads 1] [--rounds 15]
     python scripts/crossover.py sn_layers [--threads 1] [--rounds 15]
+    python scripts/crossover.py sn_dstep [--threads 2] [--rounds 60] [--cold]
 
 bias_act: the op alone, fwd+bwd of bias + lrelu at growing sizes, plain (x + b, leaky_relu)
 and fused; prints plain time / fused time (above 1 the fused path wins).
@@ -15,6 +16,11 @@ sn_layers: one layer's SN training forward + backward (read the weight, backward
 into it) for the layer shapes of the bench's SN discriminators, gk.spectral_norm vs torch's
 parametrization vs the plain layer; prints each SN's overhead over the plain layer and torch's
 overhead / gankern's (csrc/cpu/spectral_norm.cpp cites it).
+sn_dstep: the bench's SNGAN-ResNet-32 D step (batch 2, fwd + bwd) with no SN, with a trivial
+parametrization (w * 1.0: what any parametrization costs the convolutions around it), with
+gk.spectral_norm and with torch's; each overhead is the median of per-round differences from
+the no-SN step, in wall time; --cold flushes the last-level cache before every call, as
+`gankern bench` does.
 gankern/ops/bias_act/__init__.py cites bias_act, gankern/nn/bias_act.py gp_dstep. Paths run interleaved, timed in thread CPU time
 (time.thread_time: a busy machine preempts a thread without charging it); medians.
 """
@@ -119,6 +125,57 @@ def sn_layer_cases():
                       "torch": step(torch_sn(layer(shape)), cot)}
 
 
+def sn_dstep_runs():
+    import copy
+
+    from torch import nn
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import spectral_norm as torch_sn
+
+    import gankern as gk
+    from gankern.bench.cases.spectral_norm import SNGANResNetD32, _apply_sn
+
+    class Times1(nn.Module):
+        def forward(self, w):
+            return w * 1.0
+
+    torch.manual_seed(0)
+    base = SNGANResNetD32()
+    x = torch.randn(2, 3, 32, 32)
+    models = {"no SN": copy.deepcopy(base),
+              "w * 1.0": _apply_sn(copy.deepcopy(base),
+                                   lambda m: parametrize.register_parametrization(m, "weight", Times1())),
+              "gankern SN": _apply_sn(copy.deepcopy(base), gk.spectral_norm),
+              "torch SN": _apply_sn(copy.deepcopy(base), torch_sn)}
+
+    def step(model):
+        def run():
+            model.zero_grad(set_to_none=True)
+            model(x).mean().backward()
+        return run
+
+    return {k: step(m) for k, m in models.items()}
+
+
+def _paired_overheads(runs: dict, rounds: int, cold: bool) -> dict:
+    """Median over rounds of (wall time - the first run's wall time in the same round)."""
+    from gankern.bench.runner import _flush_cpu_cache
+
+    times = {k: [] for k in runs}
+    for fn in runs.values():
+        fn()  # warm-up
+    labels = list(runs)
+    for r in range(rounds):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            if cold:
+                _flush_cpu_cache()
+            t0 = time.perf_counter()
+            runs[label]()
+            times[label].append(time.perf_counter() - t0)
+    floor = times[labels[0]]
+    return {k: statistics.median(a - b for a, b in zip(v, floor)) for k, v in times.items() if k != labels[0]}
+
+
 def _medians(runs: dict, rounds: int, inner: int) -> dict:
     times = {k: [] for k in runs}
     for fn in runs.values():
@@ -134,28 +191,36 @@ def _medians(runs: dict, rounds: int, inner: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("op", choices=("bias_act", "gp_dstep", "sn_layers"))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("op", choices=("bias_act", "gp_dstep", "sn_layers", "sn_dstep"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1; sn_dstep: 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 15; sn_dstep: 60)")
+    parser.add_argument("--cold", action="store_true", help="sn_dstep: flush the cache before every call")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or (2 if args.op == "sn_dstep" else 1))
+    rounds = args.rounds or (60 if args.op == "sn_dstep" else 15)
+    if args.op == "sn_dstep":
+        over = _paired_overheads(sn_dstep_runs(), rounds, args.cold)
+        print("SNGAN-ResNet-32 D step, batch 2, overhead over no SN: " + ", ".join(
+            f"{k} {v * 1e3:.2f} ms" for k, v in over.items()) + f"; torch SN / gankern SN "
+            f"{over['torch SN'] / over['gankern SN']:.2f}", flush=True)
+        return 0
     if args.op == "gp_dstep":
         for name, runs in gp_dstep_cases():
-            med = _medians(runs, args.rounds, 1)
+            med = _medians(runs, rounds, 1)
             base = med["unfused D, hand-written GP"]
             print(f"{name}: " + ", ".join(f"{k} {v * 1e3:.2f} ms ({base / v:.3f}x)" for k, v in med.items()),
                   flush=True)
         return 0
     if args.op == "sn_layers":
         for shape, runs in sn_layer_cases():
-            med = _medians(runs, args.rounds, 20)
+            med = _medians(runs, rounds, 20)
             gk_over, torch_over = med["gankern"] - med["plain"], med["torch"] - med["plain"]
             print(f"{str(shape):18s} plain {med['plain'] * 1e6:7.1f} us  SN overhead: gankern "
                   f"{gk_over * 1e6:7.1f} us, torch {torch_over * 1e6:7.1f} us  torch/gankern "
                   f"{torch_over / gk_over:.2f}", flush=True)
         return 0
     for shape, numel, plain, fused in bias_act_cases():
-        med = _medians({"plain": plain, "fused": fused}, args.rounds, max(1, int(1e6 // numel)))
+        med = _medians({"plain": plain, "fused": fused}, rounds, max(1, int(1e6 // numel)))
         p, f = med["plain"], med["fused"]
         print(f"{str(shape):20s} {numel:8d} elements  plain {p * 1e6:8.1f} us  fused {f * 1e6:8.1f} us  "
               f"plain/fused {p / f:.2f}", flush=True)
