@@ -128,7 +128,8 @@ def make_case(name, factory, res, batch, kind, device, autocast, seed=0) -> Case
                 # fp32: plain PyTorch itself lands near 2e-4 on the DCGAN R1 step (five convs'
                 # double backward), so 1e-3 separates rounding from a wrong result.
                 error=error, tolerance=3e-2 if autocast else 1e-3,
-                params={"model": name, "kind": kind, "batch": batch, "resolution": res, "precision": label})
+                params={"model": name, "kind": kind, "batch": batch, "resolution": res, "precision": label},
+                min_rounds=9)  # a ~150 ms D step: the quick budget fits only 5 rounds
 
 
 def make_r1r2_case(name, factory, res, batch, device, seed=0, gamma=10.0) -> Case:
@@ -201,7 +202,8 @@ def make_r1r2_case(name, factory, res, batch, device, seed=0, gamma=10.0) -> Cas
         impls[0].is_baseline = True
     return Case(op="gradient_penalty", name=f"{name} D step + R1+R2 (rsgan), fp32, batch {batch}", impls=impls,
                 error=lambda out: rel_error(out, reference()), tolerance=1e-3,
-                params={"model": name, "kind": "r1+r2", "batch": batch, "resolution": res, "precision": "fp32"})
+                params={"model": name, "kind": "r1+r2", "batch": batch, "resolution": res, "precision": "fp32"},
+                min_rounds=9)
 
 
 def _bf16_autocast_ok(device: torch.device) -> bool:
