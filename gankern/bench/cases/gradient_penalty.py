@@ -10,6 +10,9 @@ both plain nn.Sequential as people write them. Compared on identical weights and
                        bias+activation (first and second order) and the fused norm penalty
   gankern[b] GP only   gk.gradient_penalty(impl=b) on the unfused D: what the penalty op alone buys
                        (the fused norm, and the zero second-order pass it skips)
+  gankern (auto), loss on the R1 scores
+                       R1 only: the README's recipe, the loss on real taken from the penalty's
+                       forward (return_scores=True): one D forward fewer per step
 Each result (every D parameter gradient and the loss) is checked against the same step run
 in float64 before it is timed. fp32 and bf16 autocast.
 
@@ -113,10 +116,27 @@ def make_case(name, factory, res, batch, kind, device, autocast, seed=0) -> Case
     def error(out):
         return rel_error(out, reference())
 
+    def shared_forward_step(D):
+        """R1 with the loss on real taken from the penalty's forward (the README's recipe):
+        one D forward fewer than the step above."""
+        params = list(D.parameters())
+
+        def run():
+            D.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
+                r1, real_scores = gradient_penalty(D, real, kind="r1", return_scores=True)
+                loss = (F.softplus(D(fake)).mean() + F.softplus(-real_scores).mean()).float() + r1.float()
+            loss.backward()
+            return [loss.detach()] + [p.grad for p in params]
+        return run
+
     impls = [Impl("torch", run=step(copy.deepcopy(base), torch_penalty), is_baseline=True),
              # What the README tells a user to write: both calls with their defaults (on a CPU,
              # auto runs the fused pairs unfused: measured faster there; see nn/bias_act.py).
              Impl("gankern (auto)", run=step(fuse_bias_act(copy.deepcopy(base)), gk_penalty("auto")))]
+    if kind == "r1":
+        impls.append(Impl("gankern (auto), loss on the R1 scores",
+                          run=shared_forward_step(fuse_bias_act(copy.deepcopy(base)))))
     for backend in _backend.available(IMPLEMENTED, device):
         if backend == "reference" or (backend == "triton" and device.type == "cpu"):
             continue  # the reference is the torch row; interpreted Triton is a test vehicle
