@@ -643,9 +643,11 @@ def sn_normalize_backward(grad: torch.Tensor, weight: torch.Tensor, u: torch.Ten
 
 
 def _sn_key(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple:
-    return (weight.shape, weight.stride(), weight.dtype, weight.device, weight.data_ptr(),
-            u.shape, u.stride(), u.dtype, u.device, u.data_ptr(),
-            v.shape, v.stride(), v.dtype, v.device, v.data_ptr())
+    # get_device() (-1 on the CPU, the ordinal on CUDA), not .device: an int instead of a new
+    # torch.device object per tensor per call. The plans run on cpu and cuda devices only.
+    return (weight.shape, weight.stride(), weight.dtype, weight.get_device(), weight.data_ptr(),
+            u.shape, u.stride(), u.dtype, u.get_device(), u.data_ptr(),
+            v.shape, v.stride(), v.dtype, v.get_device(), v.data_ptr())
 
 
 class SnPlan:

@@ -293,3 +293,32 @@ def test_double_backward_through_training_forward(backend):
     check_state(a, b, TOL[torch.float64], "after the double backward")
     assert rel_error(b.parametrizations.weight.original.grad,
                      a.parametrizations.weight.original.grad) <= 1e-10
+
+
+def test_backend_follows_gankern_impl_and_impl_changes(monkeypatch):
+    # The layer keeps its resolved backend per (impl, GANKERN_IMPL, device, complex); changing
+    # any of them mid-life is seen on the next forward.
+    seen = []
+    real_train_forward = sn_ops.train_forward
+
+    def spy(*args, **kwargs):
+        seen.append(args[6])  # the backend argument
+        return real_train_forward(*args, **kwargs)
+
+    monkeypatch.setattr(sn_ops, "train_forward", spy)
+    monkeypatch.delenv("GANKERN_IMPL", raising=False)
+    m = gk.spectral_norm(nn.Linear(6, 4))
+    seen.clear()  # registration runs the parametrization once, as torch's does
+    auto = gk._backend.resolve("auto", torch.device("cpu"), sn_ops.IMPLEMENTED)
+    m.weight
+    monkeypatch.setenv("GANKERN_IMPL", "reference")
+    m.weight  # reference runs spectral_norm_reference, not train_forward
+    monkeypatch.delenv("GANKERN_IMPL")
+    m.weight
+    m.parametrizations.weight[0].impl = "reference"
+    m.weight
+    m.parametrizations.weight[0].impl = "auto"
+    m.weight
+    assert seen == [auto, auto, auto]
+    assert m.parametrizations.weight[0]._resolved[1] == auto
+

@@ -138,7 +138,18 @@ class SpectralNorm(nn.Module):
 
     # -- backend ------------------------------------------------------------------------------
     def _backend_for(self, weight: torch.Tensor) -> str:
-        return resolve_backend(self.impl, weight)
+        # Every forward of every layer asks; resolving costs ~2 us warm and several times that
+        # from a cold cache. The answer depends only on impl, GANKERN_IMPL, the weight's device
+        # and whether it is complex, so it is kept per layer for the last such key. Triton's
+        # usability on a CPU also depends on TRITON_INTERPRET: never kept.
+        key = (self.impl, _backend.env_impl(), weight.is_cpu, weight.get_device(), weight.is_complex())
+        memo = self.__dict__.get("_resolved")
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        backend = resolve_backend(self.impl, weight)
+        if backend != "triton":
+            self.__dict__["_resolved"] = (key, backend)
+        return backend
 
     @torch.no_grad()
     def _power_method(self, weight: torch.Tensor, n_power_iterations: int):

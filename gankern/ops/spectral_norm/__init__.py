@@ -236,6 +236,16 @@ def native_plan(weight, u, v, dim: int, backend: str = ""):
     return _native.SnPlan(weight.detach().contiguous(), u, v, dim, backend)
 
 
+# torch.autograd.Function.apply is a Python wrapper (setup_context detection, functorch checks)
+# around the C++ apply that, outside functorch transforms, does nothing else for this Function;
+# from a cold cache it costs tens of us, more than a small layer's kernels, so the training
+# forward calls the C++ apply directly there. Under a transform it keeps the full wrapper and
+# its behaviour (torch.func.grad through gankern SN is not supported yet: this Function has no
+# setup_context, and neither has the custom op's generated one).
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+_train_forward_apply = super(torch.autograd.Function, _EagerTrainForward).apply
+
+
 def train_forward(weight, u, v, dim: int, n_iter: int, eps: float, backend: str, plan=None):
     """The training forward of a spectrally normalized weight: n_iter power iterations on u, v
     in place (no grad), then W / sigma with the fused backward. `plan` (from native_plan) lets
@@ -243,7 +253,8 @@ def train_forward(weight, u, v, dim: int, n_iter: int, eps: float, backend: str,
     if plan is None or torch.compiler.is_compiling():
         sigma, u_copy, v_copy = power_iteration_(weight, u, v, dim, n_iter, eps, backend)
         return normalize(weight, u_copy, v_copy, sigma, dim, backend)
-    out = _EagerTrainForward.apply(weight.contiguous(), plan, (u, v, n_iter, float(eps), backend))
+    apply = _EagerTrainForward.apply if _functorch_active() else _train_forward_apply
+    out = apply(weight.contiguous(), plan, (u, v, n_iter, float(eps), backend))
     torch.autograd.graph.increment_version((u, v))  # as power_iteration_: written through pointers
     return out
 
