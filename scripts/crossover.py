@@ -159,7 +159,7 @@ def sn_dstep_runs():
 
 def _paired_overheads(runs: dict, rounds: int, cold: bool) -> dict:
     """Median over rounds of (wall time - the first run's wall time in the same round)."""
-    from gankern.bench.runner import _flush_cpu_cache
+    from gankern.bench.runner import _flush_cpu_cache, paired_overhead
 
     times = {k: [] for k in runs}
     for fn in runs.values():
@@ -173,7 +173,7 @@ def _paired_overheads(runs: dict, rounds: int, cold: bool) -> dict:
             runs[label]()
             times[label].append(time.perf_counter() - t0)
     floor = times[labels[0]]
-    return {k: statistics.median(a - b for a, b in zip(v, floor)) for k, v in times.items() if k != labels[0]}
+    return {k: paired_overhead(v, floor) for k, v in times.items() if k != labels[0]}
 
 
 def _medians(runs: dict, rounds: int, inner: int) -> dict:

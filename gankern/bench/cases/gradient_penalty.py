@@ -83,13 +83,14 @@ def make_case(name, factory, res, batch, kind, device, autocast, seed=0) -> Case
     alpha = torch.rand(batch, generator=gen).to(device)
     amp_dtype = torch.bfloat16
 
-    def step(D, penalty):
+    def step(D, penalty=None, total=None):
+        """One D step: the case's loss + penalty(D), or total(D) (a whole loss of its own)."""
         params = list(D.parameters())
 
         def run():
             D.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
-                loss = _loss(D, real, fake, kind).float() + penalty(D).float()
+                loss = total(D) if total else _loss(D, real, fake, kind).float() + penalty(D).float()
             loss.backward()
             return [loss.detach()] + [p.grad for p in params]
         return run
@@ -116,19 +117,11 @@ def make_case(name, factory, res, batch, kind, device, autocast, seed=0) -> Case
     def error(out):
         return rel_error(out, reference())
 
-    def shared_forward_step(D):
+    def loss_on_r1_scores(D):
         """R1 with the loss on real taken from the penalty's forward (the README's recipe):
-        one D forward fewer than the step above."""
-        params = list(D.parameters())
-
-        def run():
-            D.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
-                r1, real_scores = gradient_penalty(D, real, kind="r1", return_scores=True)
-                loss = (F.softplus(D(fake)).mean() + F.softplus(-real_scores).mean()).float() + r1.float()
-            loss.backward()
-            return [loss.detach()] + [p.grad for p in params]
-        return run
+        one D forward fewer than the case's loss + penalty."""
+        r1, real_scores = gradient_penalty(D, real, kind="r1", return_scores=True)
+        return (F.softplus(D(fake)).mean() + F.softplus(-real_scores).mean()).float() + r1.float()
 
     impls = [Impl("torch", run=step(copy.deepcopy(base), torch_penalty), is_baseline=True),
              # What the README tells a user to write: both calls with their defaults (on a CPU,
@@ -136,7 +129,7 @@ def make_case(name, factory, res, batch, kind, device, autocast, seed=0) -> Case
              Impl("gankern (auto)", run=step(fuse_bias_act(copy.deepcopy(base)), gk_penalty("auto")))]
     if kind == "r1":
         impls.append(Impl("gankern (auto), loss on the R1 scores",
-                          run=shared_forward_step(fuse_bias_act(copy.deepcopy(base)))))
+                          run=step(fuse_bias_act(copy.deepcopy(base)), total=loss_on_r1_scores)))
     for backend in _backend.available(IMPLEMENTED, device):
         if backend == "reference" or (backend == "triton" and device.type == "cpu"):
             continue  # the reference is the torch row; interpreted Triton is a test vehicle
