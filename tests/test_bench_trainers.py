@@ -4,7 +4,7 @@ to the trainer as written (float64) before it is timed, and the check can fail."
 import torch
 
 from gankern.bench import runner
-from gankern.bench.cases import trainers
+from gankern.bench.cases import e2e, trainers
 
 
 def _mlp_case(batch=4):
@@ -39,3 +39,27 @@ def test_sngan_resnet_blocks_keep_shapes():
     G, D = trainers.ResNetG32(16, 16), trainers.ResNetD32(16)
     x = G(torch.randn(3, 16))
     assert x.shape == (3, 3, 32, 32) and D(x).shape == (3, 1)
+
+
+def test_floor_rows_run_the_iteration_without_the_piece_and_are_checked():
+    # The "(floor)" rows (the README's ceiling) must be the same iteration minus SN or the
+    # penalty, checked against that in float64; a floor that kept the penalty must read wrong.
+    case = _mlp_case()
+    floor = next(i for i in case.impls if i.label == trainers.FLOOR_PENALTY)
+    assert case.overhead_over == trainers.FLOOR_PENALTY
+    assert runner.check_impl(case, floor, torch.device("cpu")).status == runner.STATUS_OK
+    wrong = _mlp_case()
+    floor = next(i for i in wrong.impls if i.label == trainers.FLOOR_PENALTY)
+    floor.run.__closure__[0].cell_contents.penalty = trainers.gankern_gp  # the floor's Iteration
+    assert runner.check_impl(wrong, floor, torch.device("cpu")).status == runner.STATUS_WRONG
+
+
+def test_e2e_floor_is_the_gankern_step_without_sn():
+    case = e2e.cases(torch.device("cpu"), quick=True)[0]  # smaller shapes land over 1e-5 (Adam noise)
+    labels = [i.label for i in case.impls]
+    assert labels == ["gankern", "plain PyTorch", e2e.FLOOR] and case.overhead_over == e2e.FLOOR
+    for impl in case.impls:
+        res = runner.check_impl(case, impl, torch.device("cpu"))
+        assert res.status == runner.STATUS_OK, (impl.label, res.note)
+    floor_step = case.impls[2].run.__closure__[0].cell_contents
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in floor_step.D.modules())

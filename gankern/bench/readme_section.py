@@ -79,6 +79,11 @@ def rows(payload: dict) -> list[dict]:
         # A case whose baseline is itself gankern (e.g. one fused pass vs two) compares gankern
         # with gankern: its rows are shown, and no issue target applies to them.
         own_baseline = base is not None and _is_gankern(base["label"])
+        # A "(floor)" row is the case without the piece gankern replaces (no SN, no penalty):
+        # baseline time / its time is the most any implementation of that piece could give.
+        floor = next((r for r in impls if r["label"].endswith("(floor)") and r.get("time_s")), None)
+        ceiling = (base["time_s"] / floor["time_s"]
+                   if floor is not None and base is not None and base.get("time_s") else None)
         for r in impls:
             if not _is_gankern(r["label"]) or r["status"] == "skipped" or r is base:
                 continue
@@ -89,7 +94,7 @@ def rows(payload: dict) -> list[dict]:
             out.append({"op": case["op"], "case": case["name"], "impl": r["label"], "status": r["status"],
                         "time_s": r.get("time_s"), "baseline": base["label"] if base else None,
                         "baseline_s": base.get("time_s") if base else None, "kind": kind, "value": value,
-                        "target": bar, "met": met if r["status"] == "ok" else False,
+                        "target": bar, "met": met if r["status"] == "ok" else False, "ceiling": ceiling,
                         "error": r.get("error"), "pct_floor": r.get("pct_floor")})
     return out
 
@@ -113,14 +118,16 @@ def _header(payload: dict, json_path: str) -> str:
             f"`{commit[:10]}`{' with uncommitted changes' if dirty else ''}, torch {env.get('torch')}. "
             f"Record: [`{json_path}`]({json_path}); chart: [`{chart}`]({chart}). "
             f"Speedup = baseline time / gankern time, medians of interleaved samples; SN rows give the "
-            f"SN overhead (time with SN − time without) as times smaller than torch SN's.")
+            f"SN overhead (time with SN − time without) as times smaller than torch SN's. Ceiling = "
+            f"baseline time / the case's floor row (the same work without SN, or without the penalty): "
+            f"the speedup if that piece cost nothing at all.")
 
 
 def render_section(payload: dict, json_path: str) -> str:
     """The markdown between the bench-results markers (without them)."""
     lines = [_header(payload, json_path), "",
-             "| op | case | gankern | time | baseline | baseline time | figure | target | max rel err | % floor |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| op | case | gankern | time | baseline | baseline time | figure | target | ceiling | max rel err | % floor |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     table = rows(payload)
     for r in table:
         if r["status"] != "ok":
@@ -132,7 +139,7 @@ def render_section(payload: dict, json_path: str) -> str:
         err_text = "-" if err is None else ("inf" if isinstance(err, str) or not math.isfinite(err) else f"{err:.1e}")
         floor = "-" if r["pct_floor"] is None else f"{r['pct_floor']:.0f}"
         lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | {_fmt_time(r['time_s'])} | {r['baseline'] or '-'} | "
-                     f"{_fmt_time(r['baseline_s'])} | {figure} | {verdict} | {err_text} | {floor} |")
+                     f"{_fmt_time(r['baseline_s'])} | {figure} | {verdict} | {_fmt_x(r['ceiling'])} | {err_text} | {floor} |")
     judged = [r for r in table if r["target"] is not None]
     missed = [r for r in judged if not r["met"]]
     over = [{"op": c["op"], "case": c["name"], "impl": r["label"], "pct_floor": r["pct_floor"]}

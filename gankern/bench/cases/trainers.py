@@ -38,10 +38,12 @@ from torch import nn
 
 from ...testing import rel_error
 from ..case import Case, Impl
+from .e2e import unparametrized_state
 
 N_CRITIC = 5
 LAMBDA_GP = 10.0
 EMA_DECAY = 0.999
+FLOOR_SN, FLOOR_PENALTY = "no SN (floor)", "no penalty (floor)"
 
 
 # -- models, as the repositories write them -----------------------------------------------------
@@ -234,17 +236,26 @@ def make_case(name: str, build: Callable, *, image, z_dim, batch, loss, lr, beta
     penalty_plain = None if sn else hand_written_gp
     penalty_gk = None if sn else gankern_gp
 
-    def gankern_side():
+    def without_sn(D):
+        plain = build()[1].to(device, next(D.parameters()).dtype)
+        plain.load_state_dict(unparametrized_state(D))
+        return plain
+
+    def gankern_side(floor: bool = False):
         G, D = copy.deepcopy(G0), copy.deepcopy(D0)
         if sn:
-            gk.convert_spectral_norm(D)
+            D = without_sn(D) if floor else gk.convert_spectral_norm(D)
         gk.nn.fuse_bias_act(D)
-        return Iteration(G, D, data, loss=loss, penalty=penalty_gk, lr=lr, betas=betas, use_gankern=True)
+        penalty = None if floor and not sn else penalty_gk
+        return Iteration(G, D, data, loss=loss, penalty=penalty, lr=lr, betas=betas, use_gankern=True)
 
-    def plain_side(dtype, batches):
+    def plain_side(dtype, batches, floor: bool = False):
         G, D = copy.deepcopy(G0).to(dtype), copy.deepcopy(D0).to(dtype)
         G.load_state_dict(init["G"]), D.load_state_dict(init["D"])
-        return Iteration(G, D, batches, loss=loss, penalty=penalty_plain, lr=lr, betas=betas, use_gankern=False)
+        if floor:
+            D = without_sn(D) if sn else D
+        penalty = None if floor and not sn else penalty_plain
+        return Iteration(G, D, batches, loss=loss, penalty=penalty, lr=lr, betas=betas, use_gankern=False)
 
     # The float64 reference, and how far the trainer as written lands from it in fp32: Adam
     # turns rounding noise in near-zero gradients into lr-sized steps, so a trainer's own fp32
@@ -253,19 +264,32 @@ def make_case(name: str, build: Callable, *, image, z_dim, batch, loss, lr, beta
     tolerance = max(tolerance, 2 * rel_error(plain_side(torch.float32, data).run(), ref))
     plain = plain_side(torch.float32, data)
     fused = gankern_side()
+    # The floor: gankern's iteration without the piece it speeds up most (SN, or the penalty),
+    # so baseline time / floor time is the most ANY implementation of that piece could give
+    # (the "ceiling" the README quotes beside each target), and the overhead column says how
+    # many times less that piece costs through gankern. Its result is a different function,
+    # checked against the same iteration without the piece in float64.
+    floor = gankern_side(floor=True)
+    floor_ref = {}
 
     def error(state):
+        if isinstance(state, tuple):  # the floor's
+            if "v" not in floor_ref:
+                floor_ref["v"] = plain_side(torch.float64, data64, floor=True).run()
+            return rel_error(state[1], floor_ref["v"])
         return rel_error(state, ref)
 
     # Both sides step their own models: the check compares the first call of each, made from
     # the shared start; the timed calls that follow continue training (same work per call).
-    impls = [Impl("gankern", run=fused.run), Impl("as written", run=plain.run, is_baseline=True)]
+    floor_label = FLOOR_SN if sn else FLOOR_PENALTY
+    impls = [Impl("gankern", run=fused.run), Impl("as written", run=plain.run, is_baseline=True),
+             Impl(floor_label, run=lambda: ("floor", floor.run()))]
     n_params = sum(p.numel() for p in G0.parameters()) + sum(p.numel() for p in D0.parameters())
     return Case(op="trainers", name=f"{name}, batch {batch}, {N_CRITIC} D steps + G + EMA, fp32", impls=impls,
                 error=error, tolerance=tolerance,
                 params={"batch": batch, "n_critic": N_CRITIC, "loss": loss, "params": n_params, "sn": sn,
                         "penalty": None if sn else f"wgan-gp lambda {LAMBDA_GP}", "ema_decay": EMA_DECAY},
-                min_rounds=9)
+                overhead_over=floor_label, min_rounds=9)
 
 
 def cases(device: torch.device, quick: bool) -> list[Case]:
