@@ -240,8 +240,8 @@ def native_plan(weight, u, v, dim: int, backend: str = ""):
 # around the C++ apply that, outside functorch transforms, does nothing else for this Function;
 # from a cold cache it costs tens of us, more than a small layer's kernels, so the training
 # forward calls the C++ apply directly there. Under a transform it keeps the full wrapper and
-# its behaviour (torch.func.grad through gankern SN is not supported yet: this Function has no
-# setup_context, and neither has the custom op's generated one).
+# its behaviour (this Function has no setup_context, so a transform refuses it; gk.spectral_norm
+# layers never get here under one: they run torch's math there, gankern/nn/spectral_norm.py).
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 _train_forward_apply = super(torch.autograd.Function, _EagerTrainForward).apply
 
