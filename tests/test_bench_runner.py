@@ -222,6 +222,20 @@ def test_floor_copy_time_scales_with_bytes_and_is_finite():
     assert 0 < small < big < 1.0  # 16 MiB cannot move faster than 64 KiB on any machine
 
 
+def test_floor_is_timed_over_at_least_21_rounds_whatever_the_case_gets(monkeypatch):
+    # A floor is a minimum: too few samples and a briefly slow machine lifts it, and a row then
+    # reads over 100% of it (seen: 104% with the quick run's 11 rounds).
+    seen = []
+
+    def fake_time_cpu(runs, cfg):
+        seen.append((cfg.min_rounds, cfg.repeats))
+        return {label: [1e-3] for label in runs}
+
+    monkeypatch.setattr(runner, "_time_cpu", fake_time_cpu)
+    runner.floor_copy_time(1 << 16, torch.device("cpu"), runner.TimingConfig.quick())
+    assert seen and all(min_rounds >= 21 and repeats >= 21 for min_rounds, repeats in seen)
+
+
 def test_cpu_timing_flushes_before_every_call_and_gives_every_implementation_the_same_count(monkeypatch):
     """A sample averages n calls, each after its own cache flush, with one n for the whole case
     (a per-implementation n let a lucky fast warm-up buy more warm calls per sample)."""

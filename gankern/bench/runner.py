@@ -308,6 +308,11 @@ def floor_copy_time(nbytes: int, device: torch.device, cfg: TimingConfig) -> flo
     for every 2 it is credited with; an in-place update such as an EMA step reads the lines it
     writes anyway. Measured at load ~10 (one thread): _foreach_lerp_ over an SNGAN-32 G read
     126% of the copy floor; the in-place add of the same bytes is as fast per byte as the lerp."""
+    # The floor is a minimum, so it gets at least 21 rounds whatever the case's: with the quick
+    # run's 11, one idle run on an EPYC had an EMA row at 104% of a floor timed while the machine
+    # was briefly slower (the row's own median came from a quieter moment). Each round is a few
+    # short streaming calls: this costs well under a second per case.
+    cfg = replace(cfg, min_rounds=max(cfg.min_rounds, 21), repeats=max(cfg.repeats, 21))
     best = math.inf
     for size in (nbytes, nbytes // 2):
         n = max(1, size // 8)  # float32 elements per buffer: src + dst = size bytes
