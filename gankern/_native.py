@@ -10,7 +10,7 @@ missing or fails to load, the first use warns once and the auto backend falls ba
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -650,6 +650,26 @@ def _sn_key(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple:
             v.shape, v.stride(), v.dtype, v.get_device(), v.data_ptr())
 
 
+class SnSpec(NamedTuple):
+    """What a spectral-norm backward needs of the forward that ran under one SnPlan validation
+    (the plan may be revalidated, e.g. by model.double(), before an older graph's backward).
+    The weight's identity (shape, stride, dtype, data_ptr) is checked against the backward's;
+    u, v and sigma sit in the forward's scratch tensor at byte offsets 0, v_at and sigma_at."""
+    code: int               # gankern dtype code of the weight
+    a: int                  # the weight as a matrix: a x (m * b) around `dim` (sn_check)
+    m: int
+    b: int
+    shape: torch.Size
+    stride: tuple
+    dtype: torch.dtype
+    ptr: int                # weight.data_ptr() at the forward
+    cpu_backward: Optional[Callable]  # the bound CPU launcher; None on the other backends
+    n_u: int
+    n_v: int
+    v_at: int               # byte offset of v's copy in scratch (64-byte aligned)
+    sigma_at: int           # byte offset of sigma
+
+
 class SnPlan:
     """A validated spectral norm of one layer, for the training step that runs it every call.
 
@@ -686,8 +706,8 @@ class SnPlan:
             cpu_backward = C.sn_normalize_backward_cpu
         # What a backward needs of the forward that ran under this validation: the plan may be
         # revalidated (model.double(), a new buffer) before an older graph runs its backward.
-        self.spec = (self.code, self.a, self.m, self.b, weight.shape, weight.stride(), weight.dtype,
-                     weight.data_ptr(), cpu_backward, u.numel(), v.numel(), self._v_at, self._sigma_at)
+        self.spec = SnSpec(self.code, self.a, self.m, self.b, weight.shape, weight.stride(), weight.dtype,
+                           weight.data_ptr(), cpu_backward, u.numel(), v.numel(), self._v_at, self._sigma_at)
 
     def train_forward(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_iter: int,
                       eps: float):
@@ -714,11 +734,11 @@ class SnPlan:
         return out, scratch, self.spec
 
     @staticmethod
-    def unpack_scratch(scratch: torch.Tensor, spec: tuple) -> tuple:
+    def unpack_scratch(scratch: torch.Tensor, spec: "SnSpec") -> tuple:
         """(u copy, v copy, sigma) of a train_forward's scratch, as views (for a double backward)."""
         item = scratch.element_size()
-        n_u, n_v, v_at, sigma_at = spec[9:]
-        return (scratch[:n_u], scratch[v_at // item:v_at // item + n_v], scratch[sigma_at // item])
+        v_at, sigma_at = spec.v_at // item, spec.sigma_at // item
+        return (scratch[:spec.n_u], scratch[v_at:v_at + spec.n_v], scratch[sigma_at])
 
     def eval_forward(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """sigma = u^T W v from the stored u, v, then W / sigma, in two launches (no grad).
@@ -740,7 +760,7 @@ class SnPlan:
         return out
 
     def backward(self, grad: torch.Tensor, weight: torch.Tensor, scratch: torch.Tensor,
-                 spec: tuple) -> torch.Tensor:
+                 spec: "SnSpec") -> torch.Tensor:
         """grad/sigma - (<grad, weight>/sigma^2) u v^T for the tensors train_forward returned
         with `spec`. scratch (u, v and sigma) is train_forward's own; only the weight (a user's
         tensor, whose .data can be swapped by model.to()) is checked against the forward's."""
