@@ -40,7 +40,6 @@ from ..ops.spectral_norm.reference import (legacy_power_iteration_reference_, po
                                            sigma_reference, spectral_norm_reference, to_matrix)
 
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 WARMUP_ITERATIONS = 15  # torch's
 
 
@@ -146,17 +145,22 @@ class SpectralNorm(nn.Module):
         key = (self.impl, _backend.env_impl(), weight.is_cpu, weight.get_device(), weight.is_complex())
         memo = self.__dict__.get("_resolved")
         if memo is not None and memo[0] == key:
-            return memo[1]
-        backend = resolve_backend(self.impl, weight)
-        if backend != "triton":
-            self.__dict__["_resolved"] = (key, backend)
-        return backend
+            backend = memo[1]
+        else:
+            backend = resolve_backend(self.impl, weight)  # raises for an unusable impl, always
+            if backend != "triton":
+                self.__dict__["_resolved"] = (key, backend)
+        # Under torch.func transforms (grad, vjp, jacrev, vmap) the weight is a functorch
+        # wrapper without storage that the fused kernels cannot read, and the fused Functions
+        # have no setup_context: torch's own math runs there, as torch's parametrization would
+        # (one C call to ask, ~0.1 us).
+        return "reference" if sn_ops.functorch_active() else backend
 
     @torch.no_grad()
     def _power_method(self, weight: torch.Tensor, n_power_iterations: int):
         """n iterations in place on _u, _v; returns (sigma, u, v) copies for the fused path."""
         backend = self._backend_for(weight)
-        if backend == "reference" or _functorch_active():
+        if backend == "reference":
             power_iteration_reference_(to_matrix(weight, self.dim), self._u, self._v,
                                        n_power_iterations, self.eps)
             return None
@@ -169,12 +173,6 @@ class SpectralNorm(nn.Module):
             # No approximation needed for vectors (torch does the same).
             return F.normalize(weight, dim=0, eps=self.eps)
         backend = self._backend_for(weight)
-        if _functorch_active():
-            # Under torch.func transforms (grad, vjp, jacrev, vmap) the weight is a functorch
-            # wrapper without storage that the fused kernels cannot read, and the fused
-            # Functions have no setup_context: torch's own math runs there, as torch's
-            # parametrization would (one C call to ask, ~0.1 us).
-            backend = "reference"
         buffers = self._buffers  # not self._u: nn.Module.__getattr__ costs ~1 us a lookup
         u, v = buffers["_u"], buffers["_v"]
         if self.legacy_order and self.training:

@@ -81,13 +81,15 @@ def build_plain(seed: int, ch: int, device, dtype):
     return G.to(device, dtype), D.to(device, dtype)
 
 
-def without_sn(D, ch: int):
-    """A Discriminator like D without SN, holding D's unnormalized weights. Built anew and
-    loaded: removing the parametrization from a deepcopy would edit the class the copy shares
-    with D (torch's parametrized classes are per-module, and a deepcopy keeps the class)."""
-    plain = Discriminator(ch).to(next(D.parameters()).device, next(D.parameters()).dtype)
-    plain.load_state_dict(unparametrized_state(D))
-    return plain
+def without_sn(D, fresh: nn.Module) -> nn.Module:
+    """`fresh` (a new module of D's architecture, without SN) holding D's unnormalized weights,
+    on D's device and dtype. Built anew and loaded: removing the parametrization from a
+    deepcopy would edit the class the copy shares with D (a deepcopy keeps the parametrized
+    class torch made for D's layer)."""
+    p = next(D.parameters())
+    fresh = fresh.to(p.device, p.dtype)
+    fresh.load_state_dict(unparametrized_state(D))
+    return fresh
 
 
 def unparametrized_state(D) -> dict:
@@ -208,7 +210,7 @@ def make_case(device, batch: int, ch: int, n_batches: int = 4, seed: int = 0, to
     # could give this step (the ceiling the README quotes beside the target); the overhead
     # column is SN's own cost per call. A different function: checked against the plain step
     # without SN in float64.
-    floor = Step(copy.deepcopy(G0), without_sn(D0, ch), data, use_gankern=True)
+    floor = Step(copy.deepcopy(G0), without_sn(D0, Discriminator(ch)), data, use_gankern=True)
     floor_init = (copy.deepcopy(floor.G), copy.deepcopy(floor.D))  # the plain step trains G0, D0
     ref = {}
 

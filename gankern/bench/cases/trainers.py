@@ -38,7 +38,7 @@ from torch import nn
 
 from ...testing import rel_error
 from ..case import Case, Impl
-from .e2e import unparametrized_state
+from .e2e import without_sn
 
 N_CRITIC = 5
 LAMBDA_GP = 10.0
@@ -236,15 +236,10 @@ def make_case(name: str, build: Callable, *, image, z_dim, batch, loss, lr, beta
     penalty_plain = None if sn else hand_written_gp
     penalty_gk = None if sn else gankern_gp
 
-    def without_sn(D):
-        plain = build()[1].to(device, next(D.parameters()).dtype)
-        plain.load_state_dict(unparametrized_state(D))
-        return plain
-
     def gankern_side(floor: bool = False):
         G, D = copy.deepcopy(G0), copy.deepcopy(D0)
         if sn:
-            D = without_sn(D) if floor else gk.convert_spectral_norm(D)
+            D = without_sn(D, build()[1]) if floor else gk.convert_spectral_norm(D)
         gk.nn.fuse_bias_act(D)
         penalty = None if floor and not sn else penalty_gk
         return Iteration(G, D, data, loss=loss, penalty=penalty, lr=lr, betas=betas, use_gankern=True)
@@ -253,7 +248,7 @@ def make_case(name: str, build: Callable, *, image, z_dim, batch, loss, lr, beta
         G, D = copy.deepcopy(G0).to(dtype), copy.deepcopy(D0).to(dtype)
         G.load_state_dict(init["G"]), D.load_state_dict(init["D"])
         if floor:
-            D = without_sn(D) if sn else D
+            D = without_sn(D, build()[1]) if sn else D
         penalty = None if floor and not sn else penalty_plain
         return Iteration(G, D, batches, loss=loss, penalty=penalty, lr=lr, betas=betas, use_gankern=False)
 

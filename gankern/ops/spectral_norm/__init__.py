@@ -242,7 +242,8 @@ def native_plan(weight, u, v, dim: int, backend: str = ""):
 # forward calls the C++ apply directly there. Under a transform it keeps the full wrapper and
 # its behaviour (this Function has no setup_context, so a transform refuses it; gk.spectral_norm
 # layers never get here under one: they run torch's math there, gankern/nn/spectral_norm.py).
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+# Unknown (a torch without the query): assume a transform is active, the safe answer.
+functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 _train_forward_apply = super(torch.autograd.Function, _EagerTrainForward).apply
 
 
@@ -253,7 +254,7 @@ def train_forward(weight, u, v, dim: int, n_iter: int, eps: float, backend: str,
     if plan is None or torch.compiler.is_compiling():
         sigma, u_copy, v_copy = power_iteration_(weight, u, v, dim, n_iter, eps, backend)
         return normalize(weight, u_copy, v_copy, sigma, dim, backend)
-    apply = _EagerTrainForward.apply if _functorch_active() else _train_forward_apply
+    apply = _EagerTrainForward.apply if functorch_active() else _train_forward_apply
     out = apply(weight.contiguous(), plan, (u, v, n_iter, float(eps), backend))
     torch.autograd.graph.increment_version((u, v))  # as power_iteration_: written through pointers
     return out
