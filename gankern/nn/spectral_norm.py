@@ -169,6 +169,14 @@ class SpectralNorm(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        grouped = self.__dict__.pop("_grouped", None)
+        if grouped is not None:
+            # W / sigma that group_spectral_norm computed for this layer at the start of the
+            # model's forward (its power iteration has run on u, v): taken once, by the first
+            # read of the weight; any other read runs the per-layer path below, as torch would.
+            if grouped[0] is weight and self.training:
+                return grouped[1]
+            self.__dict__["_grouped"] = grouped
         if weight.ndim == 1:
             # No approximation needed for vectors (torch does the same).
             return F.normalize(weight, dim=0, eps=self.eps)
@@ -180,15 +188,21 @@ class SpectralNorm(nn.Module):
         if backend == "reference":
             return spectral_norm_reference(weight, u, v, self.dim, self.n_power_iterations, self.eps,
                                            self.training)
-        plan = None
-        if backend in ("cpu", "cuda", "cuda_sim") and not torch.compiler.is_compiling():
-            plan = self._plan
-            if plan is None or plan.backend != backend:  # GANKERN_IMPL may change under auto
-                plan = self._plan = sn_ops.native_plan(weight, u, v, self.dim, backend)
+        plan = self._native_plan(weight, u, v, backend)
         if not self.training:
             return sn_ops.eval_forward(weight, u, v, self.dim, backend, plan)
         return sn_ops.train_forward(weight, u, v, self.dim, self.n_power_iterations, self.eps,
                                     backend, plan)
+
+    def _native_plan(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, backend: str):
+        """The validated plan of this layer's fused forward on a native backend, or None (other
+        backends, and under torch.compile, which runs the custom ops)."""
+        if backend not in sn_ops.NATIVE_PLAN_BACKENDS or torch.compiler.is_compiling():
+            return None
+        plan = self._plan
+        if plan is None or plan.backend != backend:  # GANKERN_IMPL may change under auto
+            plan = self._plan = sn_ops.native_plan(weight, u, v, self.dim, backend)
+        return plan
 
     def _legacy_train_forward(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                               backend: str) -> torch.Tensor:

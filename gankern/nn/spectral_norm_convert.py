@@ -11,9 +11,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .spectral_norm import SpectralNorm, accept_legacy_checkpoints, register_spectral_norm, resolve_backend
+from .spectral_norm_group import group_spectral_norm
 
 
-def convert_spectral_norm(model: nn.Module, impl: str = "auto") -> nn.Module:
+def convert_spectral_norm(model: nn.Module, impl: str = "auto", group: bool = True) -> nn.Module:
     """Replace torch's spectral norm in `model` by gankern's, in place; returns model.
 
     Converts torch.nn.utils.parametrizations.spectral_norm (the parametrization: state_dict
@@ -23,6 +24,11 @@ def convert_spectral_norm(model: nn.Module, impl: str = "auto") -> nn.Module:
     Legacy hook layers keep the legacy update order (v before u in training), so a converted
     model trains exactly like the original, checkpoints aside: it saves the parametrization's
     keys, and still loads the legacy ones.
+
+    group=True (the default) also groups the model's spectral norms into one autograd node per
+    training call of `model` (gk.group_spectral_norm: the same results, less overhead per
+    layer); pass group=False to keep the per-layer path, or when `model` is not the module
+    you call.
     """
     from torch.nn.utils.parametrizations import _SpectralNorm as TorchSN
     from torch.nn.utils.spectral_norm import SpectralNorm as LegacySN
@@ -31,6 +37,8 @@ def convert_spectral_norm(model: nn.Module, impl: str = "auto") -> nn.Module:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(impl, str):
         raise TypeError(f"impl must be a str, got {type(impl).__name__}")
+    if not isinstance(group, bool):
+        raise TypeError(f"group must be a bool, got {type(group).__name__}")
     # Every replacement is built (and its impl resolved for its weight) before any is made:
     # a bad impl or option raises with the model unchanged.
     replacements, legacy = [], []
@@ -57,6 +65,8 @@ def convert_spectral_norm(model: nn.Module, impl: str = "auto") -> nn.Module:
         accept_legacy_checkpoints(module, name)
     for module, key, hook, sn in legacy:
         _convert_legacy(module, key, hook, sn)
+    if group and (replacements or legacy):
+        group_spectral_norm(model)
     return model
 
 

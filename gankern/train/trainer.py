@@ -77,7 +77,7 @@ class GANTrainer:
     instance_noise: std of Gaussian noise added to D's inputs, annealed linearly to 0 over
         noise_anneal_steps. d_l2: weight of sum(p^2) over D's parameters in D's loss.
     amp: False, "bf16" (autocast; True means this) or "fp16" (autocast + GradScaler).
-    spectral_norm: wrap every Linear/Conv of D with gk.spectral_norm.
+    spectral_norm: wrap every Linear/Conv of D with gk.spectral_norm, grouped (gk.group_spectral_norm).
     unrolled: k > 0 updates G against D unrolled k SGD steps (Metz et al. 2017) via torch.func.
     qp_lambda: lambda of the gan-qp loss. z_dim: latent size (default: G.z_dim, else
         the in_features of G's first layer when it is an nn.Linear).
@@ -179,13 +179,15 @@ class GANTrainer:
 
     # -- setup -------------------------------------------------------------------------------
     def _apply_spectral_norm(self):
-        from ..nn import spectral_norm
+        from ..nn import group_spectral_norm, spectral_norm
 
         targets = [m for m in self.D.modules()
                    if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d))
                    and not hasattr(m, "parametrizations")]
         for m in targets:
             spectral_norm(m)
+        if targets:
+            group_spectral_norm(self.D)  # one autograd node per D call for all its SN layers
 
     def _check_models(self):
         """One tiny forward of D(G(z)), so a G output that D cannot take fails here, clearly."""

@@ -231,6 +231,9 @@ class _EagerTrainForward(torch.autograd.Function):
         return d_weight, None, None
 
 
+NATIVE_PLAN_BACKENDS = ("cpu", "cuda", "cuda_sim")  # the backends native_plan serves
+
+
 def native_plan(weight, u, v, dim: int, backend: str = ""):
     """A validated plan for train_forward (cpu, cuda and the test-only cuda_sim backends)."""
     return _native.SnPlan(weight.detach().contiguous(), u, v, dim, backend)
@@ -258,6 +261,56 @@ def train_forward(weight, u, v, dim: int, n_iter: int, eps: float, backend: str,
     out = apply(weight.contiguous(), plan, (u, v, n_iter, float(eps), backend))
     torch.autograd.graph.increment_version((u, v))  # as power_iteration_: written through pointers
     return out
+
+
+class _GroupedTrainForward(torch.autograd.Function):
+    """The training forwards of several layers in one autograd node: for each, its power
+    iteration on u, v in place and W / sigma through its plan, as _EagerTrainForward does for
+    one. A layer's Python and autograd costs (a node, its Python backward, the wrapper calls)
+    are most of what a small layer's spectral norm costs on a CPU; here they are paid once per
+    model call. An output nobody used gets no gradient and its weight none (not a zero one)."""
+
+    @staticmethod
+    def forward(ctx, layers, *weights):
+        ctx.set_materialize_grads(False)
+        outs, scratches, specs = [], [], []
+        for (plan, u, v, n_iter, eps, backend), weight in zip(layers, weights):
+            out, scratch, spec = plan.train_forward(weight, u, v, n_iter, eps)
+            outs.append(out)
+            scratches.append(scratch)
+            specs.append((plan, spec, backend))
+        ctx.specs = specs
+        ctx.save_for_backward(*weights, *scratches)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        n = len(grads)
+        double = torch.is_grad_enabled()  # create_graph=True: the differentiable op
+        d_weights = [None]  # for `layers`
+        for grad, weight, scratch, (plan, spec, backend) in zip(grads, saved[:n], saved[n:], ctx.specs):
+            if grad is None:
+                d_weights.append(None)
+            elif double:
+                u, v, sigma = plan.unpack_scratch(scratch, spec)
+                d_weights.append(_normalize_backward_op(grad.contiguous(), weight, u, v, sigma, plan.dim, backend))
+            else:
+                d_weights.append(plan.backward(grad.contiguous(), weight, scratch, spec))
+        return tuple(d_weights)
+
+
+_grouped_apply = super(torch.autograd.Function, _GroupedTrainForward).apply
+
+
+def grouped_train_forward(layers, weights) -> tuple:
+    """The training forwards of several layers in one autograd node (see _GroupedTrainForward).
+    layers: one (plan, u, v, n_iter, eps, backend) per weight, plans from native_plan; weights
+    contiguous. Returns W / sigma per layer. Not under torch.compile or a torch.func transform
+    (the caller's to check: gk.group_spectral_norm runs the per-layer path there)."""
+    outs = _grouped_apply(layers, *weights)
+    torch.autograd.graph.increment_version([t for layer in layers for t in layer[1:3]])
+    return outs
 
 
 def eval_forward(weight, u, v, dim: int, backend: str, plan=None) -> torch.Tensor:
@@ -290,5 +343,5 @@ def normalize(weight, u, v, sigma: Optional[torch.Tensor], dim: int, backend: st
     return _EagerNormalize.apply(weight, u, v, sigma, dim, backend)
 
 
-__all__ = ["IMPLEMENTED", "eval_forward", "matrix_dims", "native_plan", "normalize", "power_iteration_",
+__all__ = ["IMPLEMENTED", "NATIVE_PLAN_BACKENDS", "eval_forward", "grouped_train_forward", "matrix_dims", "native_plan", "normalize", "power_iteration_",
            "sigma", "train_forward"]
