@@ -2,10 +2,10 @@
 
 This is the number the project exists for (issue 7): the same training step written the way
 practitioners write it today (torch's spectral_norm parametrization, autograd.grad R1, the
-StyleGAN2-ADA EMA loop) against the same step through gankern (gk.spectral_norm,
-gk.gradient_penalty, gk.EMA). Identical initial weights, spectral-norm vectors and data; the
-result (G, D and EMA weights after one lazy-R1 period) is checked against the plain step run in
-float64 before anything is timed.
+StyleGAN2-ADA EMA loop) against the same step through gankern (gk.spectral_norm grouped by
+gk.group_spectral_norm, gk.gradient_penalty, gk.EMA). Identical initial weights, spectral-norm
+vectors and data; the result (G, D and EMA weights after one lazy-R1 period) is checked against
+the plain step run in float64 before anything is timed.
 
 One timed call is one lazy-regularization period: 16 steps, the first with R1, so the time is
 the honest average over the regularized and the plain steps.
@@ -108,6 +108,7 @@ def build_gankern(G0, D0, ch: int):
     D = D.to(next(D0.parameters()).device, next(D0.parameters()).dtype)
     # Same keys by contract (weight original, _u, _v): the same weights and the same vectors.
     D.load_state_dict(D0.state_dict())
+    gk.group_spectral_norm(D)  # the README's recipe: one autograd node per D call for all SN layers
     return G, D
 
 

@@ -3,7 +3,8 @@
 SN's cost in a D step is per-layer overhead (power iteration, sigma, W/sigma and its
 backward for every weight), so the cases are real discriminators: the SNGAN ResNet D for 32x32
 (Miyato et al. 2018; 128 channels) and a DCGAN-style 64x64 D (4x4 stride-2 convs, 64..512
-channels). One timed call is D forward + backward in training mode. The "no SN" row is the
+channels). One timed call is D forward + backward in training mode; gankern runs per layer
+and grouped (gk.group_spectral_norm: one autograd node per D call). The "no SN" row is the
 floor: SN overhead = (time with SN) - (time without). A second case times SN alone: every
 layer's W/sigma forward (with the power iteration) and backward, without the convolutions; its
 floor runs the same harness (zero_grad, weight reads, one backward call) on plain weights.
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm as torch_sn
 
 from ... import _backend
+from ...nn.spectral_norm_group import group_spectral_norm
 from ...nn.spectral_norm import spectral_norm as gk_sn
 from ...ops.spectral_norm import IMPLEMENTED
 from ...testing import rel_error
@@ -136,6 +138,9 @@ def make_cases(name: str, factory, res: int, batch: int, device: torch.device, a
         torch.manual_seed(seed + 1)
         gm = _apply_sn(copy.deepcopy(base), lambda m, b=backend: gk_sn(m, impl=b))
         impls_step.append(Impl(f"gankern[{backend}]", run=d_step(gm)))
+        # Grouped (the README's recipe): one autograd node per D call for all layers. Not in SN
+        # alone, whose harness reads the weights without calling D (nothing to group there).
+        impls_step.append(Impl(f"gankern[{backend}] grouped", run=d_step(group_spectral_norm(copy.deepcopy(gm)))))
         impls_sn.append(Impl(f"gankern[{backend}]", run=sn_only(copy.deepcopy(gm))))
     impls_step.append(Impl("torch SN", run=d_step(copy.deepcopy(torch_model)), is_baseline=True))
     impls_sn.append(Impl("torch SN", run=sn_only(copy.deepcopy(torch_model)), is_baseline=True))
