@@ -82,3 +82,15 @@ def test_committed_readme_matches_the_json_it_names():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_readme.py"), "--check"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_per_layer_parametrize_floor_gives_a_second_ceiling(payload):
+    # An SN case that also timed W·1 per layer (cases/floors.py) shows the ceiling of any SN
+    # computed layer by layer through torch's parametrization beside the no-SN one.
+    from gankern.bench.cases.floors import PARAMETRIZED_FLOOR
+
+    sn_case = next(c for c in payload["results"] if c["op"] == "spectral_norm")
+    base = next(r for r in sn_case["impls"] if r.get("baseline"))
+    sn_case["impls"].append({"label": PARAMETRIZED_FLOOR, "status": "ok", "time_s": base["time_s"] / 1.1})
+    sn = next(ln for ln in rs.render_section(payload, FIXTURE).splitlines() if ln.startswith("| spectral_norm |"))
+    assert "| ≥ 2.00× ✓ | 1.16× (1.10× per layer) |" in sn

@@ -15,6 +15,8 @@ import math
 import re
 from typing import Optional
 
+from .cases.floors import PARAMETRIZED_FLOOR
+
 BEGIN_RE = re.compile(r"<!-- bench-results:begin (\S+) -->\n")
 END = "<!-- bench-results:end -->"
 CLAIM_RE = re.compile(r"<!-- bench:(speedup|overhead) ([^>]*?) -->(.*?)<!-- /bench -->", re.S)
@@ -84,6 +86,10 @@ def rows(payload: dict) -> list[dict]:
         floor = next((r for r in impls if r["label"].endswith("(floor)") and r.get("time_s")), None)
         ceiling = (base["time_s"] / floor["time_s"]
                    if floor is not None and base is not None and base.get("time_s") else None)
+        # SN cases may also time the floor of a per-layer parametrized SN (cases/floors.py).
+        per_layer = next((r for r in impls if r["label"] == PARAMETRIZED_FLOOR and r.get("time_s")), None)
+        per_layer_ceiling = (base["time_s"] / per_layer["time_s"]
+                             if per_layer is not None and base is not None and base.get("time_s") else None)
         for r in impls:
             if not _is_gankern(r["label"]) or r["status"] == "skipped" or r is base:
                 continue
@@ -95,6 +101,7 @@ def rows(payload: dict) -> list[dict]:
                         "time_s": r.get("time_s"), "baseline": base["label"] if base else None,
                         "baseline_s": base.get("time_s") if base else None, "kind": kind, "value": value,
                         "target": bar, "met": met if r["status"] == "ok" else False, "ceiling": ceiling,
+                        "per_layer_ceiling": per_layer_ceiling,
                         "error": r.get("error"), "pct_floor": r.get("pct_floor")})
     return out
 
@@ -120,7 +127,16 @@ def _header(payload: dict, json_path: str) -> str:
             f"Speedup = baseline time / gankern time, medians of interleaved samples; SN rows give the "
             f"SN overhead (time with SN − time without) as times smaller than torch SN's. Ceiling = "
             f"baseline time / the case's floor row (the same work without SN, or without the penalty): "
-            f"the speedup if that piece cost nothing at all.")
+            f"the speedup if that piece cost nothing at all; in parentheses, where timed, the ceiling of "
+            f"any SN computed layer by layer through torch's parametrization (each weight replaced by "
+            f"W·1: parametrize's read, one tensor and one autograd node per layer, nothing else).")
+
+
+def _ceiling_text(r: dict) -> str:
+    text = _fmt_x(r["ceiling"])
+    if r.get("per_layer_ceiling") is not None:
+        text += f" ({_fmt_x(r['per_layer_ceiling'])} per layer)"
+    return text
 
 
 def render_section(payload: dict, json_path: str) -> str:
@@ -139,7 +155,7 @@ def render_section(payload: dict, json_path: str) -> str:
         err_text = "-" if err is None else ("inf" if isinstance(err, str) or not math.isfinite(err) else f"{err:.1e}")
         floor = "-" if r["pct_floor"] is None else f"{r['pct_floor']:.0f}"
         lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | {_fmt_time(r['time_s'])} | {r['baseline'] or '-'} | "
-                     f"{_fmt_time(r['baseline_s'])} | {figure} | {verdict} | {_fmt_x(r['ceiling'])} | {err_text} | {floor} |")
+                     f"{_fmt_time(r['baseline_s'])} | {figure} | {verdict} | {_ceiling_text(r)} | {err_text} | {floor} |")
     judged = [r for r in table if r["target"] is not None]
     missed = [r for r in judged if not r["met"]]
     over = [{"op": c["op"], "case": c["name"], "impl": r["label"], "pct_floor": r["pct_floor"]}

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ...testing import rel_error
 from ..case import Case, Impl
+from .floors import PARAMETRIZED_FLOOR, times_one, unparametrized_state, without_sn
 
 R1_EVERY = 16
 R1_GAMMA = 1.0
@@ -79,23 +80,6 @@ def build_plain(seed: int, ch: int, device, dtype):
     for m in _sn_layers(D):
         torch.nn.utils.parametrizations.spectral_norm(m)
     return G.to(device, dtype), D.to(device, dtype)
-
-
-def without_sn(D, fresh: nn.Module) -> nn.Module:
-    """`fresh` (a new module of D's architecture, without SN) holding D's unnormalized weights,
-    on D's device and dtype. Built anew and loaded: removing the parametrization from a
-    deepcopy would edit the class the copy shares with D (a deepcopy keeps the parametrized
-    class torch made for D's layer)."""
-    p = next(D.parameters())
-    fresh = fresh.to(p.device, p.dtype)
-    fresh.load_state_dict(unparametrized_state(D))
-    return fresh
-
-
-def unparametrized_state(D) -> dict:
-    """D's state_dict with SN's keys mapped to a plain layer's: original -> weight, no u, v."""
-    return {k.replace("parametrizations.weight.original", "weight"): v for k, v in D.state_dict().items()
-            if not k.endswith(("parametrizations.weight.0._u", "parametrizations.weight.0._v"))}
 
 
 def build_gankern(G0, D0, ch: int):
@@ -213,6 +197,18 @@ def make_case(device, batch: int, ch: int, n_batches: int = 4, seed: int = 0, to
     # without SN in float64.
     floor = Step(copy.deepcopy(G0), without_sn(D0, Discriminator(ch)), data, use_gankern=True)
     floor_init = (copy.deepcopy(floor.G), copy.deepcopy(floor.D))  # the plain step trains G0, D0
+    # The floor of any SN that keeps torch's parametrization (floors.py): the floor's step with
+    # every D weight parametrized by W·1. The same function as the floor, checked the same way.
+    param_floor = Step(copy.deepcopy(G0), times_one(copy.deepcopy(floor.D)), data, use_gankern=True)
+    plain_keys = list(floor.D.state_dict())
+
+    def run_param_floor():
+        param_floor.run()
+        d_state = unparametrized_state(param_floor.D)
+        return ("floor", [t.detach() for t in param_floor.G.state_dict().values() if t.is_floating_point()]
+                + [d_state[k].detach() for k in plain_keys if d_state[k].is_floating_point()]
+                + [t.detach() for t in param_floor.g_ema.state_dict().values() if t.is_floating_point()])
+
     ref = {}
 
     def error(state):
@@ -240,7 +236,7 @@ def make_case(device, batch: int, ch: int, n_batches: int = 4, seed: int = 0, to
     # The initial state (both sides hold the same), kept for the float64 reference.
     fused_init = {"G": copy.deepcopy(G0.state_dict()), "D": copy.deepcopy(D0.state_dict())}
     impls = [Impl("gankern", run=fused.run), Impl("plain PyTorch", run=plain.run, is_baseline=True),
-             Impl(FLOOR, run=lambda: ("floor", floor.run()))]
+             Impl(FLOOR, run=lambda: ("floor", floor.run())), Impl(PARAMETRIZED_FLOOR, run=run_param_floor)]
     n_params = sum(p.numel() for p in G0.parameters()) + sum(p.numel() for p in D0.parameters())
     return Case(op="e2e", name=f"SNGAN-32 G+D width {ch}, {R1_EVERY} steps (1 R1), batch {batch}, fp32", impls=impls,
                 error=error, tolerance=tolerance,
