@@ -91,6 +91,11 @@ def assert_same_everything(theirs, ours, what):
             assert rel_error(q.grad, p.grad) <= TOL, f"{what}: {name}.grad differs from torch"
 
 
+def assert_steps_equal(theirs, ours, x, what):
+    assert rel_error(step(ours, x), step(theirs, x)) <= TOL, what
+    assert_same_everything(theirs, ours, what)
+
+
 def stashes_left(m):
     return [n for n, s in m.named_modules() if "_grouped" in s.__dict__]
 
@@ -103,9 +108,7 @@ def test_training_steps_equal_torch(backend, scenario):
         m.use_skip = scenario == "all layers"
         m.b_twice = scenario == "b read twice"
     for i in range(3):
-        x = x_of(i)
-        assert rel_error(step(ours, x), step(theirs, x)) <= TOL
-        assert_same_everything(theirs, ours, f"{scenario}, step {i}")
+        assert_steps_equal(theirs, ours, x_of(i), f"{scenario}, step {i}")
     assert not stashes_left(ours)
     if scenario == "skip read":  # never read: the grouped iteration was undone, no gradient
         assert ours.skip.parametrizations.weight.original.grad is None
@@ -139,9 +142,7 @@ def test_exception_midway_restores_unread_layers(backend):
     assert not stashes_left(ours) and not ours.__dict__[grouping._CALLS]
     for m in (theirs, ours):
         m.fail = False
-    x = x_of(1)
-    assert rel_error(step(ours, x), step(theirs, x)) <= TOL
-    assert_same_everything(theirs, ours, "the call after")
+    assert_steps_equal(theirs, ours, x_of(1), "the call after")
 
 
 @pytest.mark.parametrize("backend", NATIVE)
@@ -152,21 +153,47 @@ def test_eval_and_no_grad_run_per_layer(backend):
         assert rel_error(ours(x), theirs(x)) <= TOL
     assert_same_everything(theirs, ours, "no_grad")
     theirs.eval(), ours.eval()
-    assert rel_error(step(ours, x), step(theirs, x)) <= TOL
-    assert_same_everything(theirs, ours, "eval")
+    assert_steps_equal(theirs, ours, x, "eval")
     assert not stashes_left(ours)
 
 
 @pytest.mark.parametrize("backend", NATIVE)
-def test_nested_grouping_and_reentrant_call(backend):
-    # The outer model groups everything; the inner one (grouped too) finds its layers taken.
+def test_nested_grouped_modules(backend):
+    # The outer module groups everything; the inner one (grouped too) finds its layers taken.
     theirs, ours = pair(backend)
-    inner_ours = gk.group_spectral_norm(nn.Sequential(ours))
-    inner_theirs = nn.Sequential(theirs)
-    x = x_of()
-    assert rel_error(step(inner_ours, x), step(inner_theirs, x)) <= TOL
-    assert_same_everything(theirs, ours, "nested")
-    assert not stashes_left(inner_ours)
+    outer_ours = gk.group_spectral_norm(nn.Sequential(ours))
+    assert_steps_equal(nn.Sequential(theirs), outer_ours, x_of(), "nested")
+    assert_same_everything(theirs, ours, "nested, the inner models")
+    assert not stashes_left(outer_ours)
+
+
+class CallsItself(nn.Module):
+    """A model whose forward calls the model again (a re-entrant call): layer a is read twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 1)
+
+    def forward(self, x, again: bool = True):
+        h = torch.tanh(self.a(x))
+        if again:
+            h = h + self(x, again=False)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_reentrant_call_iterates_as_torch(backend):
+    torch.manual_seed(0)
+    base = CallsItself().double()
+    theirs, ours = copy.deepcopy(base), copy.deepcopy(base)
+    for m, register in ((theirs, torch_sn), (ours, lambda layer: gk.spectral_norm(layer, impl=backend))):
+        torch.manual_seed(1)
+        register(m.a), register(m.b)
+    gk.group_spectral_norm(ours)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for i in range(2):
+        assert_steps_equal(theirs, ours, x, f"re-entrant, step {i}")
+    assert not stashes_left(ours) and not ours.__dict__[grouping._CALLS]
 
 
 @pytest.mark.parametrize("backend", NATIVE)
@@ -257,9 +284,7 @@ def test_convert_spectral_norm_groups_by_default():
     assert any(isinstance(h, grouping._GroupedPreHook) for h in converted._forward_pre_hooks.values())
     plain = gk.convert_spectral_norm(copy.deepcopy(theirs), group=False)
     assert not plain._forward_pre_hooks
-    x = x_of()
-    assert rel_error(step(converted, x), step(theirs, x)) <= TOL
-    assert_same_everything(theirs, converted, "converted")
+    assert_steps_equal(theirs, converted, x_of(), "converted")
 
 
 def test_bad_input_names_the_argument_and_changes_nothing():
