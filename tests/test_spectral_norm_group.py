@@ -317,3 +317,13 @@ def test_functional_call_with_other_tensors_equals_torch(backend):
         assert rel_error(a if isinstance(a, torch.Tensor) else list(a),
                          b if isinstance(b, torch.Tensor) else list(b)) <= TOL
     assert_same_everything(theirs, ours, "functional_call")
+
+
+def test_compiled_grouped_model_runs_per_layer_and_equals_torch():
+    # Under torch.compile the hooks step aside and each layer's custom ops are traced.
+    theirs, ours = pair("cpu")
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    x = x_of(6)
+    assert rel_error(step(compiled, x), step(theirs, x)) <= TOL
+    assert_same_everything(theirs, ours, "compiled")
+    assert not stashes_left(ours) and not ours.__dict__.get(grouping._CALLS)
