@@ -28,7 +28,8 @@ TOL = 1e-12
 
 
 class Branchy(nn.Module):
-    """A small conv D whose forward can skip a layer, read one twice, or fail half-way."""
+    """A small conv D whose forward can skip a layer, read one twice, fail half-way, or write a
+    layer's weight in place before reading it."""
 
     def __init__(self):
         super().__init__()
@@ -36,12 +37,15 @@ class Branchy(nn.Module):
         self.b = nn.Conv2d(4, 5, 4, 2, 1)
         self.skip = nn.Conv2d(5, 5, 1)
         self.fc = nn.Linear(5 * 4 * 4, 1)
-        self.use_skip, self.b_twice, self.fail = False, False, False
+        self.use_skip, self.b_twice, self.fail, self.write_b = False, False, False, False
 
     def forward(self, x):
         h = F.leaky_relu(self.a(x), 0.2)
         if self.fail:
             raise RuntimeError("failed on purpose, after reading a")
+        if self.write_b:  # e.g. a constraint applied inside forward
+            with torch.no_grad():
+                self.b.parametrizations.weight.original.mul_(0.5)
         h = F.leaky_relu(self.b(h), 0.2)
         if self.b_twice:
             h = h + F.conv2d(h[:, :4], self.b.weight, None, 1, 2)[:, :, :4, :4]
@@ -115,14 +119,41 @@ def test_training_steps_equal_torch(backend, scenario):
 
 
 @pytest.mark.parametrize("backend", NATIVE)
-def test_grouped_equals_per_layer_exactly(backend):
+def test_weight_written_in_forward_before_its_read(backend):
+    # torch iterates on the W it reads; the grouped W / sigma of b is stale: b undoes it.
+    theirs, ours = pair(backend)
+    for m in (theirs, ours):
+        m.write_b = True
+    for i in range(2):
+        assert_steps_equal(theirs, ours, x_of(i), f"written in forward, step {i}")
+    assert not stashes_left(ours)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_optimizer_step_before_backward_is_refused_as_autograd_does(backend):
+    for m in pair(backend):
+        out = m(x_of()).square().mean()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(1.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            out.backward()
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_grouped_equals_per_layer_exactly(backend, monkeypatch):
     _, per_layer = pair(backend, grouped=False)
     _, grouped = pair(backend)
     for m in (per_layer, grouped):
         m.use_skip = True
+    layers_grouped = []
+    real_grouped = sn_ops.grouped_train_forward
+    monkeypatch.setattr(sn_ops, "grouped_train_forward",
+                        lambda specs, weights: layers_grouped.append(len(specs)) or real_grouped(specs, weights))
     for i in range(2):
         x = x_of(i)
         assert torch.equal(step(grouped, x), step(per_layer, x))
+    assert layers_grouped == [4, 4]  # one node per call, all four layers in it
     for a, b in zip(per_layer.state_dict().values(), grouped.state_dict().values()):
         assert torch.equal(a, b)
     for p, q in zip(per_layer.parameters(), grouped.parameters()):

@@ -102,6 +102,28 @@ def test_spectral_norm_is_applied_to_d():
         assert abs(float(sigma) - 1.0) < 0.1
 
 
+def test_spectral_norm_is_grouped_and_steps_as_per_layer(monkeypatch):
+    # GANTrainer groups D's SN (one autograd node per D call); a trainer whose D has the
+    # grouping hooks removed runs per layer: the same steps, bit for bit.
+    from gankern.ops import spectral_norm as sn_ops
+
+    grouped, per_layer = (tiny(loss="hinge", spectral_norm=True, ema=None) for _ in range(2))
+    per_layer.D._forward_pre_hooks.clear()
+    per_layer.D._forward_hooks.clear()
+    calls = []
+    real_grouped = sn_ops.grouped_train_forward
+    monkeypatch.setattr(sn_ops, "grouped_train_forward", lambda *a: calls.append(1) or real_grouped(*a))
+    for _ in range(3):
+        grouped.step(REAL)
+    assert calls, "the trainer's D never ran the grouped node"
+    n = len(calls)
+    for _ in range(3):
+        per_layer.step(REAL)
+    assert len(calls) == n
+    for a, b in zip(grouped.D.state_dict().values(), per_layer.D.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_d_l2_and_instance_noise_change_the_d_step():
     base = tiny(loss="ns", ema=None).step(REAL)["d_loss"]
     noisy = tiny(loss="ns", ema=None, instance_noise=1.0).step(REAL)["d_loss"]

@@ -174,9 +174,15 @@ class SpectralNorm(nn.Module):
             # W / sigma that group_spectral_norm computed for this layer at the start of the
             # model's forward (its power iteration has run on u, v): taken once, by the first
             # read of the weight; any other read runs the per-layer path below, as torch would.
-            if grouped[0] is weight and self.training:
-                return grouped[1]
-            self.__dict__["_grouped"] = grouped
+            grouped_weight, version, out, undo = grouped
+            if grouped_weight is weight and self.training:
+                if weight._version == version:
+                    return out
+                # W was written in place since (in D's forward): back to u, v before the grouped
+                # iteration, then this layer's own path on the W it reads now.
+                undo(self._buffers["_u"], self._buffers["_v"])
+            else:
+                self.__dict__["_grouped"] = grouped
         if weight.ndim == 1:
             # No approximation needed for vectors (torch does the same).
             return F.normalize(weight, dim=0, eps=self.eps)

@@ -25,6 +25,8 @@ group_spectral_norm(model) is called again (which refreshes the list, never adds
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -87,11 +89,14 @@ class _GroupedPreHook:
                 specs.append(layer[1])
         if not chosen:
             return None
-        saved = _snapshot([t for spec in specs for t in spec[1:3]])  # u, v before the iteration
+        before = _Snapshot([t for spec in specs for t in spec[1:3]])  # u, v before the iteration
         outs = sn_ops.grouped_train_forward(specs, weights)
-        for sn, weight, out in zip(chosen, weights, outs):
-            sn.__dict__["_grouped"] = (weight, out)
-        record.append((chosen, specs, saved))
+        for i, (sn, weight, out) in enumerate(zip(chosen, weights, outs)):
+            # The weight's version: a write to W between now and the layer's read (in place, in
+            # D's forward) makes this W / sigma stale; the layer then undoes the grouped
+            # iteration and runs its own path, on the W it reads, as torch would.
+            sn.__dict__["_grouped"] = (weight, weight._version, out, functools.partial(before.restore, i))
+        record.append((chosen, specs, before))
         return None
 
 
@@ -104,29 +109,30 @@ class _GroupedForwardHook:
         calls = model.__dict__.get(_CALLS)
         if not calls:
             return None
-        for chosen, specs, saved in calls.pop():
-            unread = [i for i, sn in enumerate(chosen) if sn.__dict__.pop("_grouped", None) is not None]
-            if unread:  # as if never iterated
-                before = _restore_views(saved)
-                with torch.no_grad():
-                    for i in unread:
-                        specs[i][1].copy_(before[2 * i])
-                        specs[i][2].copy_(before[2 * i + 1])
+        for chosen, specs, before in calls.pop():
+            for i, sn in enumerate(chosen):
+                if sn.__dict__.pop("_grouped", None) is not None:  # never read: as if not iterated
+                    before.restore(i, specs[i][1], specs[i][2])
         return None
 
 
-def _snapshot(tensors: list):
-    """Copies of tensors, for _restore_views: one flat copy when they share dtype and device
-    (the usual case: one allocation instead of two per layer), else one copy each."""
-    first = tensors[0]
-    if all(t.dtype == first.dtype and t.device == first.device for t in tensors):
-        return torch.cat(tensors), [t.numel() for t in tensors]
-    return [t.clone() for t in tensors], None
+class _Snapshot:
+    """Copies of the u, v pairs of a grouped call, to undo the iteration of layer i. One flat
+    copy when they share dtype and device (the usual case: one allocation instead of two per
+    layer), else one copy each; per-layer views are made only when a layer is undone."""
 
+    def __init__(self, tensors: list):
+        first = tensors[0]
+        if all(t.dtype == first.dtype and t.device == first.device for t in tensors):
+            self.flat, self.sizes = torch.cat(tensors), [t.numel() for t in tensors]
+        else:
+            self.flat, self.sizes = [t.clone() for t in tensors], None
 
-def _restore_views(saved) -> list:
-    copies, sizes = saved
-    return copies if sizes is None else copies.split(sizes)
+    def restore(self, i: int, u: torch.Tensor, v: torch.Tensor) -> None:
+        copies = self.flat if self.sizes is None else self.flat.split(self.sizes)
+        with torch.no_grad():
+            u.copy_(copies[2 * i])
+            v.copy_(copies[2 * i + 1])
 
 
 def group_spectral_norm(model: nn.Module) -> nn.Module:

@@ -280,19 +280,32 @@ class _GroupedTrainForward(torch.autograd.Function):
             scratches.append(scratch)
             specs.append((plan, spec, backend))
         ctx.specs = specs
-        ctx.save_for_backward(*weights, *scratches)
+        ctx.save_for_backward(*scratches)
+        # The weights are kept with their versions, not through save_for_backward: a layer whose
+        # W was written in place before its read in this call did not use its output here (it
+        # ran its own path), and unpacking all saved tensors would refuse the whole backward
+        # for it. Each weight whose output got a gradient is checked as autograd would.
+        ctx.weights = weights
+        ctx.versions = [w._version for w in weights]
         return tuple(outs)
 
     @staticmethod
     def backward(ctx, *grads):
-        saved = ctx.saved_tensors
-        n = len(grads)
+        scratches = ctx.saved_tensors
         double = torch.is_grad_enabled()  # create_graph=True: the differentiable op
         d_weights = [None]  # for `layers`
-        for grad, weight, scratch, (plan, spec, backend) in zip(grads, saved[:n], saved[n:], ctx.specs):
+        for grad, weight, version, scratch, (plan, spec, backend) in zip(grads, ctx.weights, ctx.versions,
+                                                                        scratches, ctx.specs):
             if grad is None:
                 d_weights.append(None)
-            elif double:
+                continue
+            if weight._version != version:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by an "
+                    f"inplace operation: a spectrally normalized weight of shape {tuple(weight.shape)} is at "
+                    f"version {weight._version}, expected version {version} (grouped spectral norm); "
+                    "was an optimizer step taken before this backward?")
+            if double:
                 u, v, sigma = plan.unpack_scratch(scratch, spec)
                 d_weights.append(_normalize_backward_op(grad.contiguous(), weight, u, v, sigma, plan.dim, backend))
             else:
