@@ -5,6 +5,7 @@
     python scripts/crossover.py gp_dstep [--threads 1] [--rounds 15]
     python scripts/crossover.py sn_layers [--threads 1] [--rounds 15]
     python scripts/crossover.py sn_dstep [--threads 2] [--rounds 60] [--cold]
+    python scripts/crossover.py sn_eval [--threads 1] [--rounds 15]
 
 bias_act: the op alone, fwd+bwd of bias + lrelu at growing sizes, plain (x + b, leaky_relu)
 and fused; prints plain time / fused time (above 1 the fused path wins).
@@ -21,6 +22,10 @@ parametrization (w * 1.0: what any parametrization costs the convolutions around
 gk.spectral_norm and with torch's; each overhead is the median of per-round differences from
 the no-SN step, in wall time; --cold flushes the last-level cache before every call, as
 `gankern bench` does.
+sn_eval: one layer's SN in eval mode with grad enabled (read the weight, backward a cotangent:
+sigma = u^T W v from the stored u, v, W / sigma and its backward), gankern's fused path
+(impl="cpu") vs torch's parametrization, at growing weight sizes; prints torch / gankern
+(gankern/nn/spectral_norm.py cites it for the size below which auto runs torch's math there).
 gankern/ops/bias_act/__init__.py cites bias_act, gankern/nn/bias_act.py gp_dstep. Paths run interleaved, timed in thread CPU time
 (time.thread_time: a busy machine preempts a thread without charging it); medians.
 """
@@ -125,6 +130,36 @@ def sn_layer_cases():
                       "torch": step(torch_sn(layer(shape)), cot)}
 
 
+SN_EVAL_SHAPES = ((8, 8, 3, 3), (1, 4096), (32, 32, 3, 3), (40, 40, 3, 3), (48, 48, 3, 3), (56, 56, 3, 3),
+                  (64, 64, 3, 3), (256, 256), (128, 128, 3, 3), (512, 256, 4, 4))
+
+
+def sn_eval_cases():
+    from torch import nn
+    from torch.nn.utils.parametrizations import spectral_norm as torch_sn
+
+    import gankern as gk
+
+    def layer(shape):
+        torch.manual_seed(0)
+        if len(shape) == 2:
+            return nn.Linear(shape[1], shape[0], bias=False)
+        return nn.Conv2d(shape[1], shape[0], shape[2:], bias=False)
+
+    def step(module, cot):
+        module.eval()
+
+        def run():
+            module.zero_grad(set_to_none=True)
+            module.weight.backward(cot)
+        return run
+
+    for shape in SN_EVAL_SHAPES:
+        cot = torch.randn(shape)
+        yield shape, {"gankern": step(gk.spectral_norm(layer(shape), impl="cpu"), cot),
+                      "torch": step(torch_sn(layer(shape)), cot)}
+
+
 def sn_dstep_runs():
     import copy
 
@@ -191,7 +226,7 @@ def _medians(runs: dict, rounds: int, inner: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("op", choices=("bias_act", "gp_dstep", "sn_layers", "sn_dstep"))
+    parser.add_argument("op", choices=("bias_act", "gp_dstep", "sn_layers", "sn_dstep", "sn_eval"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1; sn_dstep: 2)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 15; sn_dstep: 60)")
     parser.add_argument("--cold", action="store_true", help="sn_dstep: flush the cache before every call")
@@ -210,6 +245,15 @@ def main(argv=None) -> int:
             base = med["unfused D, hand-written GP"]
             print(f"{name}: " + ", ".join(f"{k} {v * 1e3:.2f} ms ({base / v:.3f}x)" for k, v in med.items()),
                   flush=True)
+        return 0
+    if args.op == "sn_eval":
+        for shape, runs in sn_eval_cases():
+            med = _medians(runs, rounds, 20)
+            numel = 1
+            for d in shape:
+                numel *= d
+            print(f"{str(shape):18s} {numel:8d} elements  eval fwd+bwd: gankern {med['gankern'] * 1e6:7.1f} us, "
+                  f"torch {med['torch'] * 1e6:7.1f} us  torch/gankern {med['torch'] / med['gankern']:.2f}", flush=True)
         return 0
     if args.op == "sn_layers":
         for shape, runs in sn_layer_cases():

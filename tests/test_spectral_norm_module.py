@@ -322,3 +322,38 @@ def test_backend_follows_gankern_impl_and_impl_changes(monkeypatch):
     assert seen == [auto, auto, auto]
     assert m.parametrizations.weight[0]._resolved[1] == auto
 
+
+
+@pytest.mark.parametrize("impl, shape, torch_math", [
+    ("auto", (16, 16, 3, 3), True),     # below the crossover: torch's math
+    ("auto", (48, 48, 3, 3), False),    # above it: fused
+    ("cpu", (16, 16, 3, 3), False),     # a named backend always runs its kernels
+])
+def test_eval_with_grad_on_cpu_takes_torch_math_below_the_crossover(impl, shape, torch_math, monkeypatch):
+    # gankern/nn/spectral_norm.py EVAL_GRAD_FUSED_FROM: measured by scripts/crossover.py sn_eval.
+    import importlib
+
+    sn_module = importlib.import_module("gankern.nn.spectral_norm")  # the module, not the function
+    monkeypatch.delenv("GANKERN_IMPL", raising=False)
+    if impl == "auto":
+        assert (shape[0] * shape[1] * shape[2] * shape[3] < sn_module.EVAL_GRAD_FUSED_FROM) == torch_math
+    calls = []
+    real_reference = sn_module.spectral_norm_reference
+    monkeypatch.setattr(sn_module, "spectral_norm_reference", lambda *a: calls.append(1) or real_reference(*a))
+    torch.manual_seed(0)
+    base = nn.Conv2d(shape[1], shape[0], shape[2:]).double()
+    theirs, ours = copy.deepcopy(base), copy.deepcopy(base)
+    torch.manual_seed(1)
+    torch_sn(theirs)
+    torch.manual_seed(1)
+    gk.spectral_norm(ours, impl=impl)
+    x = torch.randn(2, shape[1], 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for m in (theirs, ours):
+        m.eval()
+        m(x).square().sum().backward()
+    assert bool(calls) == torch_math
+    assert rel_error(ours.parametrizations.weight.original.grad, theirs.parametrizations.weight.original.grad) <= 1e-12
+    with torch.no_grad():  # eval under no_grad stays fused at every size
+        calls.clear()
+        assert rel_error(ours(x), theirs(x)) <= 1e-12
+        assert not calls

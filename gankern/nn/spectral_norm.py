@@ -41,6 +41,13 @@ from ..ops.spectral_norm.reference import (legacy_power_iteration_reference_, po
 
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 WARMUP_ITERATIONS = 15  # torch's
+# An eval forward with grad (sigma from the stored u, v, then W / sigma in the graph) on the CPU
+# under impl="auto" runs torch's math below this many weight elements: there the fused path's
+# Python autograd Function costs more than torch's three ops save. `python scripts/crossover.py
+# sn_eval` (Intel Xeon, one thread, forward + backward): torch / gankern 0.78 at 576 elements,
+# 0.89 at 9216, 0.99 at 14400, 1.11 at 20736, 1.90 at 147456. Training forwards and eval under
+# no_grad run fused at every size (the fused path is faster there throughout).
+EVAL_GRAD_FUSED_FROM = 16384
 
 
 class SpectralNormDimError(ValueError, IndexError):
@@ -187,6 +194,9 @@ class SpectralNorm(nn.Module):
             # No approximation needed for vectors (torch does the same).
             return F.normalize(weight, dim=0, eps=self.eps)
         backend = self._backend_for(weight)
+        if (not self.training and backend == "cpu" and weight.numel() < EVAL_GRAD_FUSED_FROM
+                and torch.is_grad_enabled() and weight.requires_grad and _backend.chosen_by_auto(self.impl)):
+            backend = "reference"  # torch's math: faster there (see EVAL_GRAD_FUSED_FROM)
         buffers = self._buffers  # not self._u: nn.Module.__getattr__ costs ~1 us a lookup
         u, v = buffers["_u"], buffers["_v"]
         if self.legacy_order and self.training:
