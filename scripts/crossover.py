@@ -6,6 +6,7 @@
     python scripts/crossover.py sn_layers [--threads 1] [--rounds 15]
     python scripts/crossover.py sn_dstep [--threads 2] [--rounds 60] [--cold]
     python scripts/crossover.py sn_eval [--threads 1] [--rounds 15]
+    python scripts/crossover.py sn_legacy [--threads 1] [--rounds 15]
 
 bias_act: the op alone, fwd+bwd of bias + lrelu at growing sizes, plain (x + b, leaky_relu)
 and fused; prints plain time / fused time (above 1 the fused path wins).
@@ -26,6 +27,10 @@ sn_eval: one layer's SN in eval mode with grad enabled (read the weight, backwar
 sigma = u^T W v from the stored u, v, W / sigma and its backward), gankern's fused path
 (impl="cpu") vs torch's parametrization, at growing weight sizes; prints torch / gankern
 (gankern/nn/spectral_norm.py cites it for the size below which auto runs torch's math there).
+sn_legacy: one conv layer's training forward + backward (batch 2, 8x8 input) under torch's
+legacy hook (torch.nn.utils.spectral_norm) and after gk.convert_spectral_norm (which keeps the
+hook's v-first order: the iterations as torch ops, sigma, W / sigma and the backward fused), at
+growing weight sizes; prints torch / gankern (gankern/nn/spectral_norm.py cites it).
 gankern/ops/bias_act/__init__.py cites bias_act, gankern/nn/bias_act.py gp_dstep. Paths run interleaved, timed in thread CPU time
 (time.thread_time: a busy machine preempts a thread without charging it); medians.
 """
@@ -160,6 +165,35 @@ def sn_eval_cases():
                       "torch": step(torch_sn(layer(shape)), cot)}
 
 
+SN_LEGACY_CHANNELS = (8, 32, 48, 64, 80, 96, 128)
+
+
+def sn_legacy_cases():
+    from torch import nn
+
+    import gankern as gk
+
+    for c in SN_LEGACY_CHANNELS:
+        torch.manual_seed(0)
+        base = nn.Conv2d(c, c, 3, padding=1)
+        legacy = nn.utils.spectral_norm(_copy(base))
+        converted = gk.convert_spectral_norm(nn.Sequential(nn.utils.spectral_norm(_copy(base))), group=False)[0]
+        x = torch.randn(2, c, 8, 8)
+
+        def step(m, x=x):
+            def run():
+                m.zero_grad(set_to_none=True)
+                m(x).sum().backward()
+            return run
+        yield (c, c, 3, 3), {"gankern": step(converted), "torch": step(legacy)}
+
+
+def _copy(module):
+    import copy
+
+    return copy.deepcopy(module)
+
+
 def sn_dstep_runs():
     import copy
 
@@ -226,7 +260,7 @@ def _medians(runs: dict, rounds: int, inner: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("op", choices=("bias_act", "gp_dstep", "sn_layers", "sn_dstep", "sn_eval"))
+    parser.add_argument("op", choices=("bias_act", "gp_dstep", "sn_layers", "sn_dstep", "sn_eval", "sn_legacy"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1; sn_dstep: 2)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 15; sn_dstep: 60)")
     parser.add_argument("--cold", action="store_true", help="sn_dstep: flush the cache before every call")
@@ -246,13 +280,14 @@ def main(argv=None) -> int:
             print(f"{name}: " + ", ".join(f"{k} {v * 1e3:.2f} ms ({base / v:.3f}x)" for k, v in med.items()),
                   flush=True)
         return 0
-    if args.op == "sn_eval":
-        for shape, runs in sn_eval_cases():
+    if args.op in ("sn_eval", "sn_legacy"):
+        what = "eval fwd+bwd" if args.op == "sn_eval" else "legacy-order training fwd+bwd"
+        for shape, runs in (sn_eval_cases() if args.op == "sn_eval" else sn_legacy_cases()):
             med = _medians(runs, rounds, 20)
             numel = 1
             for d in shape:
                 numel *= d
-            print(f"{str(shape):18s} {numel:8d} elements  eval fwd+bwd: gankern {med['gankern'] * 1e6:7.1f} us, "
+            print(f"{str(shape):18s} {numel:8d} elements  {what}: gankern {med['gankern'] * 1e6:7.1f} us, "
                   f"torch {med['torch'] * 1e6:7.1f} us  torch/gankern {med['torch'] / med['gankern']:.2f}", flush=True)
         return 0
     if args.op == "sn_layers":

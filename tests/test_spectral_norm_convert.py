@@ -90,3 +90,23 @@ def test_convert_bad_input():
         gk.convert_spectral_norm(3)
     with pytest.raises(TypeError, match="impl"):
         gk.convert_spectral_norm(nn.Linear(2, 2), impl=None)
+
+
+@pytest.mark.parametrize("channels, fused", [(8, False), (96, True)])
+def test_converted_legacy_layer_under_auto_takes_torch_math_below_the_crossover(channels, fused, monkeypatch):
+    # gankern/nn/spectral_norm.py LEGACY_FUSED_FROM (scripts/crossover.py sn_legacy): below it,
+    # a legacy-order layer's training forward is torch's math; above, sigma and W/sigma are fused.
+    monkeypatch.delenv("GANKERN_IMPL", raising=False)
+    calls = []
+    real_sigma = sn_ops.sigma
+    monkeypatch.setattr(sn_ops, "sigma", lambda *a: calls.append(1) or real_sigma(*a))
+    torch.manual_seed(0)
+    ref = legacy_sn(nn.Conv2d(channels, channels, 3, padding=1).double())
+    with torch.no_grad():
+        model = gk.convert_spectral_norm(nn.Sequential(copy.deepcopy(ref)))[0]
+    x = torch.randn(2, channels, 5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for m in (ref, model):
+        m(x).square().sum().backward()
+    assert bool(calls) == fused
+    assert rel_error(model.parametrizations.weight.original.grad, ref.weight_orig.grad) <= 1e-12
+    assert rel_error(model.parametrizations.weight[0]._u, ref.weight_u) <= 1e-12

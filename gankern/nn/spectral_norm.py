@@ -48,6 +48,12 @@ WARMUP_ITERATIONS = 15  # torch's
 # 0.89 at 9216, 0.99 at 14400, 1.11 at 20736, 1.90 at 147456. Training forwards and eval under
 # no_grad run fused at every size (the fused path is faster there throughout).
 EVAL_GRAD_FUSED_FROM = 16384
+# A layer converted from torch's legacy hook keeps its v-first order, so its iterations run as
+# torch ops and only sigma, W / sigma and the backward are fused; on the CPU under impl="auto"
+# it runs wholly as torch's math below this many weight elements. `python scripts/crossover.py
+# sn_legacy` (Intel Xeon, one thread, a conv's training forward + backward, torch's hook /
+# converted): 0.82 at 576 elements, 0.93 at 20736, 1.01 at 36864, 1.02 at 57600, 1.31 at 82944.
+LEGACY_FUSED_FROM = 65536
 
 
 class SpectralNormDimError(ValueError, IndexError):
@@ -225,6 +231,8 @@ class SpectralNorm(nn.Module):
         """torch.nn.utils.spectral_norm's training forward: v = normalize(W^T u), then
         u = normalize(W v), n times. The fused kernel iterates u first, so these iterations run
         as torch ops on every backend; sigma, W/sigma and the backward are the fused ones."""
+        if backend == "cpu" and weight.numel() < LEGACY_FUSED_FROM and _backend.chosen_by_auto(self.impl):
+            backend = "reference"  # torch's math: faster there (see LEGACY_FUSED_FROM)
         legacy_power_iteration_reference_(to_matrix(weight.detach(), self.dim), u, v,
                                           self.n_power_iterations, self.eps)
         u = u.clone(memory_format=torch.contiguous_format)
