@@ -111,28 +111,36 @@ SN_LAYER_SHAPES = ((128, 3, 3, 3), (128, 3, 1, 1), (128, 128, 1, 1), (1, 128), (
                    (64, 3, 4, 4), (1, 512, 4, 4), (256, 128, 4, 4), (512, 256, 4, 4))
 
 
-def sn_layer_cases():
+def _sn_test_layer(shape):
+    """A bias-free Linear (2-D shape) or Conv2d with weight of `shape`, seeded."""
     from torch import nn
+
+    torch.manual_seed(0)
+    if len(shape) == 2:
+        return nn.Linear(shape[1], shape[0], bias=False)
+    return nn.Conv2d(shape[1], shape[0], shape[2:], bias=False)
+
+
+def _weight_step(module, cot, eval_mode: bool = False):
+    """One SN forward + backward of module.weight (a cotangent backwarded into it)."""
+    module.train(not eval_mode)
+
+    def run():
+        module.zero_grad(set_to_none=True)
+        module.weight.backward(cot)
+    return run
+
+
+def sn_layer_cases():
     from torch.nn.utils.parametrizations import spectral_norm as torch_sn
 
     import gankern as gk
 
-    def layer(shape):
-        torch.manual_seed(0)
-        if len(shape) == 2:
-            return nn.Linear(shape[1], shape[0], bias=False)
-        return nn.Conv2d(shape[1], shape[0], shape[2:], bias=False)
-
-    def step(module, cot):
-        def run():
-            module.zero_grad(set_to_none=True)
-            module.weight.backward(cot)
-        return run
-
     for shape in SN_LAYER_SHAPES:
         cot = torch.randn(shape)
-        yield shape, {"plain": step(layer(shape), cot), "gankern": step(gk.spectral_norm(layer(shape)), cot),
-                      "torch": step(torch_sn(layer(shape)), cot)}
+        yield shape, {"plain": _weight_step(_sn_test_layer(shape), cot),
+                      "gankern": _weight_step(gk.spectral_norm(_sn_test_layer(shape)), cot),
+                      "torch": _weight_step(torch_sn(_sn_test_layer(shape)), cot)}
 
 
 SN_EVAL_SHAPES = ((8, 8, 3, 3), (1, 4096), (32, 32, 3, 3), (40, 40, 3, 3), (48, 48, 3, 3), (56, 56, 3, 3),
@@ -140,29 +148,14 @@ SN_EVAL_SHAPES = ((8, 8, 3, 3), (1, 4096), (32, 32, 3, 3), (40, 40, 3, 3), (48, 
 
 
 def sn_eval_cases():
-    from torch import nn
     from torch.nn.utils.parametrizations import spectral_norm as torch_sn
 
     import gankern as gk
 
-    def layer(shape):
-        torch.manual_seed(0)
-        if len(shape) == 2:
-            return nn.Linear(shape[1], shape[0], bias=False)
-        return nn.Conv2d(shape[1], shape[0], shape[2:], bias=False)
-
-    def step(module, cot):
-        module.eval()
-
-        def run():
-            module.zero_grad(set_to_none=True)
-            module.weight.backward(cot)
-        return run
-
     for shape in SN_EVAL_SHAPES:
         cot = torch.randn(shape)
-        yield shape, {"gankern": step(gk.spectral_norm(layer(shape), impl="cpu"), cot),
-                      "torch": step(torch_sn(layer(shape)), cot)}
+        yield shape, {"gankern": _weight_step(gk.spectral_norm(_sn_test_layer(shape), impl="cpu"), cot, True),
+                      "torch": _weight_step(torch_sn(_sn_test_layer(shape)), cot, True)}
 
 
 SN_LEGACY_CHANNELS = (8, 32, 48, 64, 80, 96, 128)

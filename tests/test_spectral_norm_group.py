@@ -251,7 +251,8 @@ def test_grouped_node_first_and_second_derivatives(backend):
 
     _, ours = pair(backend)
     plists = [m.parametrizations.weight for m in layers(ours)]
-    specs = [grouping._grouped_layer(p, p[0])[1] for p in plists]
+    specs = [grouping._grouped_layer(m, "weight", m.parametrizations.weight, m.parametrizations.weight[0])[1]
+             for m in layers(ours)]
     weights = [p.original.detach().clone().requires_grad_(True) for p in plists]
     outs = sn_ops.grouped_train_forward(specs, weights)
     expected = [w / (spec[1] @ to_matrix(w, 0) @ spec[2]) for w, spec in zip(weights, specs)]
@@ -280,7 +281,7 @@ def test_deepcopies_group_their_own_layers(backend):
     expected = step(copy.deepcopy(theirs), x)
     for c in copies:
         own = {id(m) for m in c.modules() if isinstance(m, gk.nn.SpectralNorm)}
-        assert {id(sn) for _, sn in c.__dict__[grouping._LAYERS]} == own
+        assert {id(entry[3]) for entry in c.__dict__[grouping._LAYERS]} == own
         assert rel_error(step(c, x), expected) <= TOL
     assert_same_everything(theirs, ours, "original, untouched by its copies")
 
@@ -358,3 +359,16 @@ def test_compiled_grouped_model_runs_per_layer_and_equals_torch():
     assert rel_error(step(compiled, x), step(theirs, x)) <= TOL
     assert_same_everything(theirs, ours, "compiled")
     assert not stashes_left(ours) and not ours.__dict__.get(grouping._CALLS)
+
+
+def test_a_removed_parametrization_is_not_grouped(monkeypatch):
+    theirs, ours = pair("cpu")
+    for m in (theirs, ours):
+        torch.nn.utils.parametrize.remove_parametrizations(m.skip, "weight")  # skip: a plain conv now
+        m.use_skip = True
+    sizes = []
+    real_grouped = sn_ops.grouped_train_forward
+    monkeypatch.setattr(sn_ops, "grouped_train_forward",
+                        lambda specs, weights: sizes.append(len(specs)) or real_grouped(specs, weights))
+    assert_steps_equal(theirs, ours, x_of(), "after remove_parametrizations")
+    assert sizes == [3]

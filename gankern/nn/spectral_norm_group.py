@@ -34,25 +34,29 @@ from torch.nn.utils import parametrize
 from ..ops import spectral_norm as sn_ops
 from .spectral_norm import SpectralNorm
 
-_LAYERS = "_gk_sn_group"  # model.__dict__: [(ParametrizationList, SpectralNorm), ...]
+_LAYERS = "_gk_sn_group"  # model.__dict__: [(layer, tensor name, ParametrizationList, SpectralNorm), ...]
 _CALLS = "_gk_sn_group_calls"  # model.__dict__: one record per model call in progress
 
 
 def _sn_parametrizations(model: nn.Module) -> list:
-    """(ParametrizationList, SpectralNorm) of every gankern SN in model, first in its list."""
+    """(layer, tensor name, ParametrizationList, SpectralNorm) of every gankern SN in model that
+    is alone in its parametrization list."""
     found = []
     for module in model.modules():
         if parametrize.is_parametrized(module):
-            for plist in module.parametrizations.values():
+            for name, plist in module.parametrizations.items():
                 if len(plist) == 1 and isinstance(plist[0], SpectralNorm):
-                    found.append((plist, plist[0]))
+                    found.append((module, name, plist, plist[0]))
     return found
 
 
-def _grouped_layer(plist, sn: SpectralNorm):
+def _grouped_layer(layer: nn.Module, name: str, plist, sn: SpectralNorm):
     """(weight, (plan, u, v, n_iter, eps, backend)) when this layer's next read can take a grouped
     W / sigma, else None (it then runs its own path, as without grouping)."""
     if plist[0] is not sn or not sn.training or sn.legacy_order or "_grouped" in sn.__dict__:
+        return None
+    lists = layer._modules.get("parametrizations")
+    if lists is None or lists._modules.get(name) is not plist:  # the parametrization was removed
         return None
     buffers = sn._buffers
     if "_u" not in buffers:  # a 1-D weight: F.normalize, no power iteration
@@ -81,12 +85,12 @@ class _GroupedPreHook:
         if not torch.is_grad_enabled() or sn_ops.functorch_active() or len(calls) > 1:
             return None  # no grad: nothing to group; a nested call of the model runs per layer
         chosen, weights, specs = [], [], []
-        for plist, sn in model.__dict__.get(_LAYERS, ()):
-            layer = _grouped_layer(plist, sn)
-            if layer is not None:
-                chosen.append(sn)
-                weights.append(layer[0])
-                specs.append(layer[1])
+        for entry in model.__dict__.get(_LAYERS, ()):
+            grouped = _grouped_layer(*entry)
+            if grouped is not None:
+                chosen.append(entry[3])
+                weights.append(grouped[0])
+                specs.append(grouped[1])
         if not chosen:
             return None
         before = _Snapshot([t for spec in specs for t in spec[1:3]])  # u, v before the iteration
