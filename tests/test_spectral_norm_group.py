@@ -372,3 +372,24 @@ def test_a_removed_parametrization_is_not_grouped(monkeypatch):
                         lambda specs, weights: sizes.append(len(specs)) or real_grouped(specs, weights))
     assert_steps_equal(theirs, ours, x_of(), "after remove_parametrizations")
     assert sizes == [3]
+
+
+def test_autocast_grouped_equals_per_layer():
+    # Under bf16 autocast the SN weights stay fp32 (the power iteration and W / sigma too) and
+    # the convolutions cast them: grouping changes none of it.
+    _, per_layer = pair("cpu", grouped=False)
+    _, grouped = pair("cpu")
+    x = x_of(7)
+    outs = []
+    for m in (per_layer.float(), grouped.float()):
+        m.use_skip = True
+        m.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x.float())
+        out.float().square().mean().backward()
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    for p, q in zip(per_layer.parameters(), grouped.parameters()):
+        assert torch.equal(p.grad, q.grad)
+    for a, b in zip(per_layer.state_dict().values(), grouped.state_dict().values()):
+        assert torch.equal(a, b)
