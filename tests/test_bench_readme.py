@@ -85,9 +85,9 @@ def test_committed_readme_matches_the_json_it_names():
 
 
 def test_per_layer_parametrize_floor_gives_a_second_ceiling(payload):
-    # An SN case that also timed W·1 per layer (cases/floors.py) shows the ceiling of any SN
+    # An SN case that also timed W·1 per layer (gankern/bench/floors.py) shows the ceiling of any SN
     # computed layer by layer through torch's parametrization beside the no-SN one.
-    from gankern.bench.cases.floors import PARAMETRIZED_FLOOR
+    from gankern.bench.floors import PARAMETRIZED_FLOOR
 
     sn_case = next(c for c in payload["results"] if c["op"] == "spectral_norm")
     base = next(r for r in sn_case["impls"] if r.get("baseline"))

@@ -259,3 +259,13 @@ def test_cpu_timing_flushes_before_every_call_and_gives_every_implementation_the
     assert calls.count("fast") == calls.count("slow") > 3  # the fast one sets n for both
     # every timed call directly follows a flush
     assert all(timed[i - 1] == "flush" for i, e in enumerate(timed) if e != "flush")
+
+
+def test_every_case_module_defines_cases():
+    # A helper module dropped into gankern/bench/cases/ would be run as an op and recorded as
+    # "(cases could not be built)": helpers live beside the package (gankern/bench/floors.py).
+    import importlib
+
+    for name in runner.case_modules():
+        module = importlib.import_module(f"gankern.bench.cases.{name}")
+        assert callable(getattr(module, "cases", None)), f"gankern/bench/cases/{name}.py has no cases()"

@@ -5,7 +5,7 @@ import torch
 
 from gankern.bench import runner
 from gankern.bench.cases import e2e, trainers
-from gankern.bench.cases.floors import PARAMETRIZED_FLOOR, TimesOne
+from gankern.bench.floors import PARAMETRIZED_FLOOR, TimesOne
 
 
 def _mlp_case(batch=4):

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Optional
 
-from .cases.floors import PARAMETRIZED_FLOOR
+from .floors import PARAMETRIZED_FLOOR
 
 BEGIN_RE = re.compile(r"<!-- bench-results:begin (\S+) -->\n")
 END = "<!-- bench-results:end -->"
@@ -86,7 +86,7 @@ def rows(payload: dict) -> list[dict]:
         floor = next((r for r in impls if r["label"].endswith("(floor)") and r.get("time_s")), None)
         ceiling = (base["time_s"] / floor["time_s"]
                    if floor is not None and base is not None and base.get("time_s") else None)
-        # SN cases may also time the floor of a per-layer parametrized SN (cases/floors.py).
+        # SN cases may also time the floor of a per-layer parametrized SN (gankern/bench/floors.py).
         per_layer = next((r for r in impls if r["label"] == PARAMETRIZED_FLOOR and r.get("time_s")), None)
         per_layer_ceiling = (base["time_s"] / per_layer["time_s"]
                              if per_layer is not None and base is not None and base.get("time_s") else None)

@@ -28,7 +28,7 @@ from ...nn.spectral_norm import spectral_norm as gk_sn
 from ...ops.spectral_norm import IMPLEMENTED
 from ...testing import rel_error
 from ..case import Case, Impl
-from .floors import PARAMETRIZED_FLOOR, times_one
+from ..floors import PARAMETRIZED_FLOOR, times_one
 
 
 class _ResBlock(nn.Module):
@@ -151,7 +151,7 @@ def make_cases(name: str, factory, res: int, batch: int, device: torch.device, a
     per_layer_floor = times_one(copy.deepcopy(base))
     plain64 = copy.deepcopy(base).double()
     impls_step.append(Impl("no SN (floor)", run=lambda: ("floor", d_step(plain)())))
-    # The floor of any SN computed per layer through torch's parametrization (floors.py): W·1.
+    # The floor of any SN computed per layer through torch's parametrization (bench/floors.py): W·1.
     impls_step.append(Impl(PARAMETRIZED_FLOOR, run=lambda: ("floor", d_step(per_layer_floor)())))
 
     # SN alone's floor: the same harness (zero_grad, read every weight, backward a cotangent

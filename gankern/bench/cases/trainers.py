@@ -38,7 +38,7 @@ from torch import nn
 
 from ...testing import rel_error
 from ..case import Case, Impl
-from .floors import without_sn
+from ..floors import without_sn
 
 N_CRITIC = 5
 LAMBDA_GP = 10.0

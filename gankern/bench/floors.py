@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 PARAMETRIZED_FLOOR = "SN as W·1 per layer (parametrize floor)"  # not "(floor)": the ceiling stays no-SN's
+# (A module of gankern/bench, not of bench/cases/: every module there is run as an op.)
 
 
 def unparametrized_state(D) -> dict:
