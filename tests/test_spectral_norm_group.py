@@ -130,7 +130,7 @@ def test_weight_written_in_forward_before_its_read(backend):
 
 
 @pytest.mark.parametrize("backend", NATIVE)
-def test_optimizer_step_before_backward_is_refused_as_autograd_does(backend):
+def test_optimizer_step_before_backward_raises_as_autograd_does(backend):
     for m in pair(backend):
         out = m(x_of()).square().mean()
         with torch.no_grad():
