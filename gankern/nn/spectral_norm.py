@@ -200,9 +200,8 @@ class SpectralNorm(nn.Module):
             # No approximation needed for vectors (torch does the same).
             return F.normalize(weight, dim=0, eps=self.eps)
         backend = self._backend_for(weight)
-        if (not self.training and backend == "cpu" and weight.numel() < EVAL_GRAD_FUSED_FROM
-                and torch.is_grad_enabled() and weight.requires_grad and _backend.chosen_by_auto(self.impl)):
-            backend = "reference"  # torch's math: faster there (see EVAL_GRAD_FUSED_FROM)
+        if not self.training and torch.is_grad_enabled() and weight.requires_grad:
+            backend = self._torch_math_below(EVAL_GRAD_FUSED_FROM, weight, backend)
         buffers = self._buffers  # not self._u: nn.Module.__getattr__ costs ~1 us a lookup
         u, v = buffers["_u"], buffers["_v"]
         if self.legacy_order and self.training:
@@ -215,6 +214,13 @@ class SpectralNorm(nn.Module):
             return sn_ops.eval_forward(weight, u, v, self.dim, backend, plan)
         return sn_ops.train_forward(weight, u, v, self.dim, self.n_power_iterations, self.eps,
                                     backend, plan)
+
+    def _torch_math_below(self, fused_from: int, weight: torch.Tensor, backend: str) -> str:
+        """"reference" (torch's math) for a CPU weight under impl="auto" with fewer than
+        fused_from elements, where it measured faster than the fused path; else backend."""
+        if backend == "cpu" and weight.numel() < fused_from and _backend.chosen_by_auto(self.impl):
+            return "reference"
+        return backend
 
     def _native_plan(self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, backend: str):
         """The validated plan of this layer's fused forward on a native backend, or None (other
@@ -231,8 +237,7 @@ class SpectralNorm(nn.Module):
         """torch.nn.utils.spectral_norm's training forward: v = normalize(W^T u), then
         u = normalize(W v), n times. The fused kernel iterates u first, so these iterations run
         as torch ops on every backend; sigma, W/sigma and the backward are the fused ones."""
-        if backend == "cpu" and weight.numel() < LEGACY_FUSED_FROM and _backend.chosen_by_auto(self.impl):
-            backend = "reference"  # torch's math: faster there (see LEGACY_FUSED_FROM)
+        backend = self._torch_math_below(LEGACY_FUSED_FROM, weight, backend)
         legacy_power_iteration_reference_(to_matrix(weight.detach(), self.dim), u, v,
                                           self.n_power_iterations, self.eps)
         u = u.clone(memory_format=torch.contiguous_format)

@@ -138,7 +138,9 @@ class _Snapshot:
             self.flat, self.sizes = [t.clone() for t in tensors], None
 
     def restore(self, i: int, u: torch.Tensor, v: torch.Tensor) -> None:
-        copies = self.flat if self.sizes is None else self.flat.split(self.sizes)
+        if self.sizes is not None:  # split once, on the first layer undone
+            self.flat, self.sizes = self.flat.split(self.sizes), None
+        copies = self.flat
         with torch.no_grad():
             u.copy_(copies[2 * i])
             v.copy_(copies[2 * i + 1])

@@ -222,13 +222,17 @@ class _EagerTrainForward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weight, scratch = ctx.saved_tensors
-        grad = grad.contiguous()
-        if torch.is_grad_enabled():  # create_graph=True: the differentiable op
-            u, v, sigma = ctx.plan.unpack_scratch(scratch, ctx.spec)
-            d_weight = _normalize_backward_op(grad, weight, u, v, sigma, ctx.plan.dim, ctx.backend)
-        else:
-            d_weight = ctx.plan.backward(grad, weight, scratch, ctx.spec)
-        return d_weight, None, None
+        return _plan_backward(ctx.plan, ctx.spec, ctx.backend, grad, weight, scratch), None, None
+
+
+def _plan_backward(plan, spec, backend: str, grad, weight, scratch):
+    """dW of a plan's training forward (its scratch and spec): the fused kernel, or under
+    create_graph=True the differentiable op."""
+    grad = grad.contiguous()
+    if torch.is_grad_enabled():
+        u, v, sigma = plan.unpack_scratch(scratch, spec)
+        return _normalize_backward_op(grad, weight, u, v, sigma, plan.dim, backend)
+    return plan.backward(grad, weight, scratch, spec)
 
 
 NATIVE_PLAN_BACKENDS = ("cpu", "cuda", "cuda_sim")  # the backends native_plan serves
@@ -292,7 +296,6 @@ class _GroupedTrainForward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         scratches = ctx.saved_tensors
-        double = torch.is_grad_enabled()  # create_graph=True: the differentiable op
         d_weights = [None]  # for `layers`
         for grad, weight, version, scratch, (plan, spec, backend) in zip(grads, ctx.weights, ctx.versions,
                                                                         scratches, ctx.specs):
@@ -305,11 +308,7 @@ class _GroupedTrainForward(torch.autograd.Function):
                     f"inplace operation: a spectrally normalized weight of shape {tuple(weight.shape)} is at "
                     f"version {weight._version}, expected version {version} (grouped spectral norm); "
                     "was an optimizer step taken before this backward?")
-            if double:
-                u, v, sigma = plan.unpack_scratch(scratch, spec)
-                d_weights.append(_normalize_backward_op(grad.contiguous(), weight, u, v, sigma, plan.dim, backend))
-            else:
-                d_weights.append(plan.backward(grad.contiguous(), weight, scratch, spec))
+            d_weights.append(_plan_backward(plan, spec, backend, grad, weight, scratch))
         return tuple(d_weights)
 
 
