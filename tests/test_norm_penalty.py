@@ -7,7 +7,7 @@ from conftest import DEVICE, backends_for
 
 from gankern import testing
 from gankern.ops import norm_penalty
-from gankern.ops.norm_penalty import IMPLEMENTED, _norm_penalty_backward_op, _norm_penalty_op
+from gankern.ops.norm_penalty import IMPLEMENTED, _norm_penalty_backward_op, _norm_penalty_op, norm_penalty_resolved
 
 BACKENDS = backends_for(IMPLEMENTED)
 SHAPES = [(1, 1), (7, 127), (3, 4097), (5, 3, 7, 9)]
@@ -309,3 +309,32 @@ def test_cpu_threaded_rows_both_isas(dtype, isa, monkeypatch):
     testing.assert_close_to_reference(p, p64, torch.float32, name="penalty")
     testing.assert_close_to_reference(n, n64, torch.float32, name="norms")
     testing.assert_close_to_reference(dg, dg64, dtype, name="dg", tol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_grad_to_gets_exact_zeros_and_changes_nothing_else(backend):
+    """gradient_penalty hands the penalty's node the parameters it pruned: their gradient is an
+    exact zero of their own shape and dtype, the grads' gradient is the plain op's bit for bit,
+    and a create_graph backward (gradgrad) still sees the same penalty."""
+    torch.manual_seed(6)
+    g = torch.randn(3, 2, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    leaves = [torch.randn(4, dtype=torch.float32, device=DEVICE, requires_grad=True),
+              torch.randn(2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)]
+    p, n = norm_penalty_resolved(g, 1.0, 2.5, backend, zero_grad_to=leaves)
+    (want,) = torch.autograd.grad(norm_penalty(g, 1.0, 2.5, impl=backend)[0], g)
+    p.backward()
+    assert torch.equal(g.grad, want)
+    for t in leaves:
+        assert t.grad is not None and t.grad.dtype == t.dtype and t.grad.shape == t.shape
+        assert not t.grad.any()
+    # Through the norms alone the node runs too, and so gives the zeros.
+    leaf = torch.randn(4, device=DEVICE, requires_grad=True)
+    _, n = norm_penalty_resolved(g, 1.0, 2.5, backend, zero_grad_to=[leaf])
+    n.sum().backward()
+    assert leaf.grad is not None and not leaf.grad.any()
+    # create_graph (a gradient of the penalty's gradient): the same second derivative as the plain op.
+    p, _ = norm_penalty_resolved(g, 1.0, 2.5, backend, zero_grad_to=leaves)
+    (dg,) = torch.autograd.grad(p, g, create_graph=True)
+    (dg_plain,) = torch.autograd.grad(norm_penalty(g, 1.0, 2.5, impl=backend)[0], g, create_graph=True)
+    assert torch.equal(torch.autograd.grad(dg.square().sum(), g)[0],
+                       torch.autograd.grad(dg_plain.square().sum(), g)[0])

@@ -193,14 +193,13 @@ def gradient_penalty(D: Callable, real: torch.Tensor, fake: Optional[torch.Tenso
     factor = w / 2 if kind in ("r1", "r2") else w
     if kind == "r1+r2":
         _refuse_batch_statistics(D)
-    from ..ops.norm_penalty import norm_penalty, resolve_backend
+    from ..ops.norm_penalty import norm_penalty_resolved, resolve_backend
 
     backend = resolve_backend(impl, real.device)  # raises before D runs if impl is unusable
     x_hat = penalty_point(real, fake, kind, alpha, generator)
     orphans: list = []
     g, scores = input_gradient_and_scores(D, x_hat, scaler, orphans)
-    penalty, n = norm_penalty(g, c, factor, impl=backend)
-    if orphans:
-        penalty = penalty + zero_second_order.zero_anchor(penalty, orphans)
+    # The pruned parameters get their exact zero gradient from the penalty's own node.
+    penalty, n = norm_penalty_resolved(g, c, factor, backend, zero_grad_to=orphans)
     out = (penalty,) + ((n.detach(),) if return_norms else ()) + ((scores.reshape(-1),) if return_scores else ())
     return out if len(out) > 1 else penalty

@@ -10,8 +10,8 @@ two of the ~12 convolution passes of a WGAN-GP D step, all multiplying zeros.
 prune(out, g, x_hat) finds those edges in g's graph and drops the zero (a node post-hook returns
 None for it), so the engine skips the forward graph they lead to. Parameters whose only penalty
 gradient was that zero (the biases: x + b does not enter g's formula) still get an exact zero
-gradient, as torch would give them, through zero_anchor, a small node added to the penalty: an
-optimizer step after a penalty-only backward (lazy R1) then treats them the same, and DDP's
+gradient, as torch would give them, from the penalty's own node (gk.ops.norm_penalty's
+_EagerNormPenalty, which gradient_penalty hands them): an optimizer step after a penalty-only backward (lazy R1) then treats them the same, and DDP's
 reducer sees every parameter. The weights get their real second-order gradients from g's own
 graph, as before. Only ops whose zero is verified in tests/test_zero_second_order.py are pruned.
 """
@@ -74,24 +74,10 @@ def _graph(roots, known: dict = None) -> dict:
     return out
 
 
-class _ZeroGrads(torch.autograd.Function):
-    """A zero scalar whose backward gives each of its inputs an exact zero gradient."""
-
-    @staticmethod
-    def forward(ctx, like, *leaves):
-        ctx.meta = [(t.shape, t.dtype, t.device) for t in leaves]
-        return like.new_zeros(())
-
-    @staticmethod
-    def backward(ctx, _grad):
-        return (None,) + tuple(torch.zeros(shape, dtype=dtype, device=device)
-                               for shape, dtype, device in ctx.meta)
-
-
 def prune(out: torch.Tensor, g: torch.Tensor, x_hat: torch.Tensor) -> list:
     """Drop the zero second-order edges of g's graph into D(x_hat)'s forward graph (out is D's
     output). Returns the parameters that lose their only (zero) gradient with them: pass them
-    to zero_anchor and add its result to the penalty. [] when nothing was pruned."""
+    to the penalty's node (norm_penalty_resolved's zero_grad_to). [] when nothing was pruned."""
     if out.grad_fn is None or g.grad_fn is None or torch.compiler.is_compiling():
         return []
     forward = _graph([out.grad_fn])
@@ -119,9 +105,3 @@ def prune(out: torch.Tensor, g: torch.Tensor, x_hat: torch.Tensor) -> list:
             stack.extend(n for n, _ in forward[node] if n is not None)
     leaves = [n.variable for n in reached if _is_leaf(n)]
     return [v for v in leaves if id(v) not in fed and v is not x_hat and v.requires_grad]
-
-
-def zero_anchor(like: torch.Tensor, leaves: list) -> torch.Tensor:
-    """A zero scalar (like's dtype and device, no gradient to like) whose backward gives every
-    tensor of leaves an exact zero gradient."""
-    return _ZeroGrads.apply(like.detach(), *leaves)

@@ -129,24 +129,33 @@ _norm_penalty_backward_op.register_autograd(_backward_bw, setup_context=_setup_b
 class _EagerNormPenalty(torch.autograd.Function):
     """(penalty, norms) outside torch.compile: the kernels of the custom op without its
     dispatch (70-100 us a call on a 2-core CPU). The backward calls the differentiable backward
-    op only under create_graph=True; otherwise the kernel directly."""
+    op only under create_graph=True; otherwise the kernel directly.
+
+    Tensors passed after backend get an exact zero gradient whenever the penalty is
+    backpropagated: gradient_penalty's pruned parameters (train/zero_second_order.py), which
+    torch's double backward would have sent zeros. Giving them here, in the node the backward
+    runs anyway, costs one zeros tensor each; a separate node cost ~90 us a penalty on a
+    2-core CPU (its own Python backward and an add), 5% of an MLP critic's penalty."""
 
     @staticmethod
-    def forward(ctx, grads, center, weight, backend):
+    def forward(ctx, grads, center, weight, backend, *zero_grad_to):
         ctx.set_materialize_grads(False)
         penalty, norms = _forward_impl(grads, center, weight, backend)
         ctx.save_for_backward(grads, norms)
         ctx.center, ctx.weight, ctx.backend = center, weight, backend
+        ctx.zero_meta = [(t.shape, t.dtype, t.device) for t in zero_grad_to]
         return penalty, norms
 
     @staticmethod
     def backward(ctx, grad_penalty, grad_norms):
         if grad_penalty is None and grad_norms is None:
-            return None, None, None, None
+            return (None,) * (4 + len(ctx.zero_meta))
         grads, norms = ctx.saved_tensors
         grad_penalty, grad_norms = _materialize(grad_penalty, grad_norms, norms)
         fn = _norm_penalty_backward_op if torch.is_grad_enabled() else _backward_impl
-        return fn(grad_penalty, grad_norms, grads, norms, ctx.center, ctx.weight, ctx.backend), None, None, None
+        zeros = tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.zero_meta)
+        return (fn(grad_penalty, grad_norms, grads, norms, ctx.center, ctx.weight, ctx.backend),
+                None, None, None) + zeros
 
 
 def _check_scalar(v, name):
@@ -172,9 +181,18 @@ def norm_penalty(grads: torch.Tensor, center: float = 0.0, weight: float = 1.0, 
     weight = _check_scalar(weight, "weight")
     if weight < 0:
         raise ValueError(f"weight must be >= 0 (a negative weight rewards large gradients), got {weight}")
-    backend = resolve_backend(impl, grads.device)
+    return norm_penalty_resolved(grads, center, weight, resolve_backend(impl, grads.device))
+
+
+def norm_penalty_resolved(grads: torch.Tensor, center: float, weight: float, backend: str,
+                          zero_grad_to=()):
+    """norm_penalty for a caller that has already checked center and weight and resolved the
+    backend (gradient_penalty, once per call). zero_grad_to: tensors that get an exact zero
+    gradient from the penalty's backward (see _EagerNormPenalty)."""
     if not is_dense(grads):
         grads = grads.contiguous()
     if torch.compiler.is_compiling():
+        if zero_grad_to:  # prune() never asks under torch.compile; refuse rather than drop it
+            raise RuntimeError("zero_grad_to is not supported under torch.compile")
         return _norm_penalty_op(grads, center, weight, backend)
-    return _EagerNormPenalty.apply(grads, center, weight, backend)
+    return _EagerNormPenalty.apply(grads, center, weight, backend, *zero_grad_to)
