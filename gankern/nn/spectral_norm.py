@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import _backend
+from . import spectral_norm_read
 from ..ops import spectral_norm as sn_ops
 from ..ops.spectral_norm.reference import (legacy_power_iteration_reference_, power_iteration_reference_,
                                            sigma_reference, spectral_norm_reference, to_matrix)
@@ -328,8 +329,10 @@ def _derive_legacy_v(weight_orig: torch.Tensor, weight_sn: torch.Tensor, u: torc
 
 
 def register_spectral_norm(module: nn.Module, name: str, sn: SpectralNorm, unsafe: bool = False) -> None:
-    """Register `sn` on module.<name>, with the legacy-checkpoint pre-hook."""
+    """Register `sn` on module.<name>, with the legacy-checkpoint pre-hook and the direct weight
+    read (spectral_norm_read.py)."""
     parametrize.register_parametrization(module, name, sn, unsafe=unsafe)
+    spectral_norm_read.install(module, name, SpectralNorm)
     accept_legacy_checkpoints(module, name)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import spectral_norm_read
 from .spectral_norm import SpectralNorm, accept_legacy_checkpoints, register_spectral_norm, resolve_backend
 from .spectral_norm_group import group_spectral_norm
 
@@ -63,6 +64,7 @@ def convert_spectral_norm(model: nn.Module, impl: str = "auto", group: bool = Tr
     for module, name, plist, j, sn in replacements:
         plist[j] = sn
         accept_legacy_checkpoints(module, name)
+        spectral_norm_read.install(module, name, SpectralNorm)
     for module, key, hook, sn in legacy:
         _convert_legacy(module, key, hook, sn)
     if group and (replacements or legacy):
