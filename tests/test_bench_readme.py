@@ -84,13 +84,19 @@ def test_committed_readme_matches_the_json_it_names():
     assert result.returncode == 0, result.stderr
 
 
-def test_per_layer_parametrize_floor_gives_a_second_ceiling(payload):
-    # An SN case that also timed W·1 per layer (gankern/bench/floors.py) shows the ceiling of any SN
-    # computed layer by layer through torch's parametrization beside the no-SN one.
-    from gankern.bench.floors import PARAMETRIZED_FLOOR
+@pytest.mark.parametrize("label", ["copy", "w_times_one"])
+def test_per_layer_floor_gives_a_second_ceiling(payload, label):
+    # An SN case that also timed a per-layer floor (gankern/bench/floors.py: a copy of W now, W·1
+    # in older records) shows the ceiling of any SN computed layer by layer beside the no-SN one,
+    # and the header says which floor the record timed.
+    from gankern.bench.floors import PARAMETRIZED_FLOOR, W_TIMES_ONE_FLOOR
 
     sn_case = next(c for c in payload["results"] if c["op"] == "spectral_norm")
     base = next(r for r in sn_case["impls"] if r.get("baseline"))
-    sn_case["impls"].append({"label": PARAMETRIZED_FLOOR, "status": "ok", "time_s": base["time_s"] / 1.1})
-    sn = next(ln for ln in rs.render_section(payload, FIXTURE).splitlines() if ln.startswith("| spectral_norm |"))
+    floor_label = PARAMETRIZED_FLOOR if label == "copy" else W_TIMES_ONE_FLOOR
+    sn_case["impls"].append({"label": floor_label, "status": "ok", "time_s": base["time_s"] / 1.1})
+    text = rs.render_section(payload, FIXTURE)
+    assert ("W·1, through parametrize's own read" in text) == (label == "w_times_one")
+    assert ("a copy of W read as gankern's SN weights are" in text) == (label == "copy")
+    sn = next(ln for ln in text.splitlines() if ln.startswith("| spectral_norm |"))
     assert "| ≥ 2.00× ✓ | 1.16× (1.10× per layer) |" in sn

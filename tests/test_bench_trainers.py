@@ -5,7 +5,7 @@ import torch
 
 from gankern.bench import runner
 from gankern.bench.cases import e2e, trainers
-from gankern.bench.floors import PARAMETRIZED_FLOOR, TimesOne
+from gankern.bench.floors import PARAMETRIZED_FLOOR, WeightCopy
 
 
 def _mlp_case(batch=4):
@@ -55,7 +55,7 @@ def test_floor_rows_run_the_iteration_without_the_piece_and_are_checked():
     assert runner.check_impl(wrong, floor, torch.device("cpu")).status == runner.STATUS_WRONG
 
 
-def test_e2e_floors_are_the_gankern_step_without_sn_and_with_w_times_one():
+def test_e2e_floors_are_the_gankern_step_without_sn_and_with_weight_copies():
     case = e2e.cases(torch.device("cpu"), quick=True)[0]  # smaller shapes land over 1e-5 (Adam noise)
     labels = [i.label for i in case.impls]
     assert labels == ["gankern", "plain PyTorch", e2e.FLOOR, PARAMETRIZED_FLOOR] and case.overhead_over == e2e.FLOOR
@@ -67,12 +67,13 @@ def test_e2e_floors_are_the_gankern_step_without_sn_and_with_w_times_one():
     # The gankern step's D is grouped (the README's recipe).
     gankern_step = case.impls[0].run.__self__
     assert "_gk_sn_group" in gankern_step.D.__dict__
-    # The per-layer parametrize floor: every D weight behind W·1 and nothing else; a W·1 that
-    # computed something else (W·1.001) must read wrong.
+    # The per-layer floor: every D weight behind a copy of itself, read as gankern's SN weights
+    # are, and nothing else; a copy that computed something else (W·1.001) must read wrong.
     per_layer = next(c.cell_contents for c in case.impls[3].run.__closure__
                      if isinstance(c.cell_contents, e2e.Step))
     weights = [m for m in per_layer.D.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    assert weights and all(isinstance(m.parametrizations.weight[0], TimesOne) for m in weights)
+    assert weights and all(isinstance(m.parametrizations.weight[0], WeightCopy) for m in weights)
+    assert all(getattr(type(m).__dict__["weight"].fget, "gankern_direct_read", False) for m in weights)
     wrong = e2e.cases(torch.device("cpu"), quick=True)[0]
     step = next(c.cell_contents for c in wrong.impls[3].run.__closure__ if isinstance(c.cell_contents, e2e.Step))
     for m in step.D.modules():

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Optional
 
-from .floors import PARAMETRIZED_FLOOR
+from .floors import PER_LAYER_FLOOR_LABELS, W_TIMES_ONE_FLOOR
 
 BEGIN_RE = re.compile(r"<!-- bench-results:begin (\S+) -->\n")
 END = "<!-- bench-results:end -->"
@@ -87,7 +87,7 @@ def rows(payload: dict) -> list[dict]:
         ceiling = (base["time_s"] / floor["time_s"]
                    if floor is not None and base is not None and base.get("time_s") else None)
         # SN cases may also time the floor of a per-layer parametrized SN (gankern/bench/floors.py).
-        per_layer = next((r for r in impls if r["label"] == PARAMETRIZED_FLOOR and r.get("time_s")), None)
+        per_layer = next((r for r in impls if r["label"] in PER_LAYER_FLOOR_LABELS and r.get("time_s")), None)
         per_layer_ceiling = (base["time_s"] / per_layer["time_s"]
                              if per_layer is not None and base is not None and base.get("time_s") else None)
         for r in impls:
@@ -121,6 +121,11 @@ def _header(payload: dict, json_path: str) -> str:
     dirty = (env.get("git") or {}).get("dirty")
     command = payload.get("command") or ("gankern bench --quick" if payload.get("quick") else "gankern bench")
     chart = re.sub(r"\.json$", ".png", json_path)
+    labels = {i["label"] for case in payload["results"] for i in case["impls"]}
+    per_layer = ("W·1, through parametrize's own read: that read, one tensor and one autograd node per "
+                 "layer, nothing else" if W_TIMES_ONE_FLOOR in labels else
+                 "a copy of W read as gankern's SN weights are: the read, one tensor and one autograd node "
+                 "per layer, nothing else")
     return (f"`{command}` on {where}, {env['date'][:16].replace('T', ' ')} UTC, {load_text}, commit "
             f"`{commit[:10]}`{' with uncommitted changes' if dirty else ''}, torch {env.get('torch')}. "
             f"Record: [`{json_path}`]({json_path}); chart: [`{chart}`]({chart}). "
@@ -128,8 +133,7 @@ def _header(payload: dict, json_path: str) -> str:
             f"SN overhead (time with SN − time without) as times smaller than torch SN's. Ceiling = "
             f"baseline time / the case's floor row (the same work without SN, or without the penalty): "
             f"the speedup if that piece cost nothing at all; in parentheses, where timed, the ceiling of "
-            f"any SN computed layer by layer through torch's parametrization (each weight replaced by "
-            f"W·1: parametrize's read, one tensor and one autograd node per layer, nothing else).")
+            f"any SN computed layer by layer as a parametrization (each weight replaced by {per_layer}).")
 
 
 def _ceiling_text(r: dict) -> str:

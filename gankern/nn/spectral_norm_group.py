@@ -9,7 +9,8 @@ autograd node (gankern/ops/spectral_norm grouped_train_forward, the same kernels
 the per-layer path) and leaves each layer its W / sigma; the layer's first weight read in that
 call takes it. Measured on the 8-layer width-32 D of the e2e case (Intel Xeon, 2 threads, one
 D forward + backward, 800 interleaved rounds): SN overhead 0.53 ms per layer, 0.39 ms grouped,
-0.28 ms for a W·1 parametrization (the floor of per-layer SN), 1.03 ms for torch's SN.
+0.28 ms for a W·1 parametrization through parametrize's own read (then the bench's
+per-layer floor, gankern/bench/floors.py), 1.03 ms for torch's SN.
 
 What users observe is torch's, exactly as with per-layer SN:
 - every read of a layer's weight in training mode runs one power iteration on its u, v (the

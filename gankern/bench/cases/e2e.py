@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ...testing import rel_error
 from ..case import Case, Impl
-from ..floors import PARAMETRIZED_FLOOR, times_one, unparametrized_state, without_sn
+from ..floors import PARAMETRIZED_FLOOR, weight_copies, unparametrized_state, without_sn
 
 R1_EVERY = 16
 R1_GAMMA = 1.0
@@ -197,10 +197,9 @@ def make_case(device, batch: int, ch: int, n_batches: int = 4, seed: int = 0, to
     # without SN in float64.
     floor = Step(copy.deepcopy(G0), without_sn(D0, Discriminator(ch)), data, use_gankern=True)
     floor_init = (copy.deepcopy(floor.G), copy.deepcopy(floor.D))  # the plain step trains G0, D0
-    # The floor of any SN computed per layer through torch's parametrization (bench/floors.py):
-    # the floor's step with every D weight parametrized by W·1. The same function as the floor,
-    # checked the same way.
-    param_floor = Step(copy.deepcopy(G0), times_one(copy.deepcopy(floor.D)), data, use_gankern=True)
+    # The floor of any SN computed per layer (bench/floors.py): the floor's step with every D
+    # weight parametrized by a copy of itself. The same function as the floor, checked the same way.
+    param_floor = Step(copy.deepcopy(G0), weight_copies(copy.deepcopy(floor.D)), data, use_gankern=True)
     plain_keys = list(floor.D.state_dict())
 
     def run_param_floor():

@@ -28,7 +28,7 @@ from ...nn.spectral_norm import spectral_norm as gk_sn
 from ...ops.spectral_norm import IMPLEMENTED
 from ...testing import rel_error
 from ..case import Case, Impl
-from ..floors import PARAMETRIZED_FLOOR, times_one
+from ..floors import PARAMETRIZED_FLOOR, weight_copies
 
 
 class _ResBlock(nn.Module):
@@ -148,10 +148,10 @@ def make_cases(name: str, factory, res: int, batch: int, device: torch.device, a
     # The floor: the same D without SN. Its output is a different function, so its check is
     # against the float64 D without SN.
     plain = copy.deepcopy(base)
-    per_layer_floor = times_one(copy.deepcopy(base))
+    per_layer_floor = weight_copies(copy.deepcopy(base))
     plain64 = copy.deepcopy(base).double()
     impls_step.append(Impl("no SN (floor)", run=lambda: ("floor", d_step(plain)())))
-    # The floor of any SN computed per layer through torch's parametrization (bench/floors.py): W·1.
+    # The floor of any SN computed per layer (bench/floors.py): a copy of W.
     impls_step.append(Impl(PARAMETRIZED_FLOOR, run=lambda: ("floor", d_step(per_layer_floor)())))
 
     # SN alone's floor: the same harness (zero_grad, read every weight, backward a cotangent
