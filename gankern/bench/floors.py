@@ -13,7 +13,8 @@ function and is checked against the no-SN float64 reference. Grouped SN
 
 Records before 2026-12-02-cpu-quick-xeon-6 timed W·1 instead (through parametrize's own read).
 That was no floor for big layers: torch's backward of a product with a Python scalar runs an
-unvectorized loop, ~110 us more than a copy's on a 128x128x3x3 weight (one thread, Xeon).
+unvectorized loop, 63-133 us more than a copy's on a 128x128x3x3 weight (two runs, one thread,
+Xeon).
 """
 
 from __future__ import annotations
