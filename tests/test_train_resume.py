@@ -93,3 +93,31 @@ def test_unreadable_and_foreign_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="is not a gankern GANTrainer checkpoint"):
         GANTrainer.load(foreign)
     assert issubclass(CheckpointError, ValueError)
+
+
+def test_adam_is_fused_on_the_cpu_and_a_loop_adam_checkpoint_resumes_fused(tmp_path):
+    """GANTrainer's Adam runs torch's fused kernel where it has one (gankern/train/trainer.py
+    _adam); a checkpoint written by a loop Adam (an older gankern, or a device without the
+    kernel) resumes with the fused kernel and the saved moments, continuing as the saved run's
+    own optimizer would to rounding."""
+    t = build(CONFIGS["ns+r1-lazy+noise+ema"])
+    assert all(opt.defaults["fused"] is True for opt in (t.g_opt, t.d_opt))
+    t.fit(ring(), 3, progress=False)
+    ck = t.state_dict()
+    for key in ("g_opt", "d_opt"):
+        for group in ck[key]["param_groups"]:
+            group["fused"] = None
+    torch.save(ck, tmp_path / "ck.pt")
+    resumed = GANTrainer.load(tmp_path / "ck.pt")
+    assert all(g["fused"] is True for opt in (resumed.g_opt, resumed.d_opt) for g in opt.param_groups)
+    for a, b in zip(t.g_opt.state_dict()["state"].values(), resumed.g_opt.state_dict()["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    loop = build(CONFIGS["ns+r1-lazy+noise+ema"])
+    loop.load_state_dict(ck)
+    for opt in (loop.g_opt, loop.d_opt):
+        for group in opt.param_groups:
+            group["fused"] = None  # the loop kernel, as the checkpoint's writer ran it
+    resumed.fit(ring(), 6, progress=False)
+    loop.fit(ring(), 6, progress=False)
+    for p, q in zip(resumed.G.parameters(), loop.G.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

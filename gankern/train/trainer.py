@@ -51,6 +51,23 @@ def _grad_norm(params) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
+def _adam(module: nn.Module, lr: float, betas) -> torch.optim.Adam:
+    """Adam over module's parameters, with torch's fused kernel where it has one for all of them.
+
+    Why: on a CPU the default Adam loops over the parameters in Python, with several kernels
+    each; measured (Intel Xeon, 2 threads, the 1.5M-parameter MLP generator of the trainer
+    bench): 3.47 ms a step, foreach 3.77 ms, fused 1.10 ms. The same update; the rounding
+    differs from the loop's (4e-7 relative after 200 steps there), and a run resumed from its
+    checkpoint continues bit for bit either way.
+    """
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    params = list(module.parameters())
+    supported = _get_fused_kernels_supported_devices()
+    fused = all(p.is_floating_point() and p.device.type in supported for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None)
+
+
 def _lr_decay(value):
     if value is None:
         return None
@@ -157,8 +174,8 @@ class GANTrainer:
         self.data_gen = torch.Generator().manual_seed(self.seed + 1)
         self.every = lazy_interval(self.regs)
         d_lr_eff, d_betas = lazy_optimizer_args(self.d_lr, self.betas, self.every)
-        self.g_opt = torch.optim.Adam(G.parameters(), lr=self.g_lr, betas=self.betas)
-        self.d_opt = torch.optim.Adam(D.parameters(), lr=d_lr_eff, betas=d_betas)
+        self.g_opt = _adam(G, self.g_lr, self.betas)
+        self.d_opt = _adam(D, d_lr_eff, d_betas)
         # lr_decay scales these. By index, not group: load_state_dict replaces the group dicts
         # (and their decayed lr, which the next step recomputes from these).
         self._base_lrs = [(opt, [g["lr"] for g in opt.param_groups]) for opt in (self.g_opt, self.d_opt)]
@@ -503,6 +520,12 @@ class GANTrainer:
             self.ema.load_state_dict(ck["ema"])
         self.g_opt.load_state_dict(ck["g_opt"])
         self.d_opt.load_state_dict(ck["d_opt"])
+        for opt in (self.g_opt, self.d_opt):
+            # The saved param groups carry the Adam kernel choice of the run that wrote them
+            # (fused or not, on its device); this trainer keeps its own (_adam). A loop-Adam group
+            # in a fused optimizer would also refuse GradScaler's fused-only arguments.
+            for group in opt.param_groups:
+                group["fused"] = opt.defaults["fused"]
         if self.g_scaler is not None and ck["g_scaler"]:
             self.g_scaler.load_state_dict(ck["g_scaler"])
             self.d_scaler.load_state_dict(ck["d_scaler"])
