@@ -18,8 +18,9 @@ sn_layers: one layer's SN training forward + backward (read the weight, backward
 into it) for the layer shapes of the bench's SN discriminators, gk.spectral_norm vs torch's
 parametrization vs the plain layer; prints each SN's overhead over the plain layer and torch's
 overhead / gankern's (csrc/cpu/spectral_norm.cpp cites it).
-sn_dstep: the bench's SNGAN-ResNet-32 D step (batch 2, fwd + bwd) with no SN, with a trivial
-parametrization (w * 1.0: what any parametrization costs the convolutions around it), with
+sn_dstep: the bench's SNGAN-ResNet-32 D step (batch 2, fwd + bwd) with no SN, with every weight
+a copy of itself (the bench's per-layer floor, gankern/bench/floors.py: what any per-layer SN
+costs the convolutions around it, with none of its math), with
 gk.spectral_norm and with torch's; each overhead is the median of per-round differences from
 the no-SN step, in wall time; --cold flushes the last-level cache before every call, as
 `gankern bench` does.
@@ -190,23 +191,17 @@ def _copy(module):
 def sn_dstep_runs():
     import copy
 
-    from torch import nn
-    from torch.nn.utils import parametrize
     from torch.nn.utils.parametrizations import spectral_norm as torch_sn
 
     import gankern as gk
     from gankern.bench.cases.spectral_norm import SNGANResNetD32, _apply_sn
-
-    class Times1(nn.Module):
-        def forward(self, w):
-            return w * 1.0
+    from gankern.bench.floors import weight_copies
 
     torch.manual_seed(0)
     base = SNGANResNetD32()
     x = torch.randn(2, 3, 32, 32)
     models = {"no SN": copy.deepcopy(base),
-              "w * 1.0": _apply_sn(copy.deepcopy(base),
-                                   lambda m: parametrize.register_parametrization(m, "weight", Times1())),
+              "copy of W": weight_copies(copy.deepcopy(base)),
               "gankern SN": _apply_sn(copy.deepcopy(base), gk.spectral_norm),
               "torch SN": _apply_sn(copy.deepcopy(base), torch_sn)}
 
