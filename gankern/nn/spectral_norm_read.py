@@ -5,9 +5,9 @@ Why: torch.nn.utils.parametrize serves `layer.weight` through a property of the 
 entry and `original` through nn.Module.__getattr__, probes for a second entry by catching an
 AttributeError, and calls the parametrization as a module again. On a CPU that is ~5 us a read
 more than this getter costs, paid by every layer on every call of the model. Measured on the
-e2e case's 8-layer width-32 D (Intel Xeon, 2 threads, one forward + backward, 400 interleaved rounds, three
-runs): per-layer SN overhead per D call 507-553 us with this read, 548-605 us with
-parametrize's (torch's SN: 1207-1312 us); grouped, 450-499 against 472-496 us.
+e2e case's 8-layer width-32 D (Intel Xeon, 2 threads, one forward + backward, 400 interleaved
+rounds, three runs): per-layer SN overhead per D call 507-553 us with this read, 548-605 us
+with parametrize's (torch's SN: 1207-1312 us); grouped, 450-499 against 472-496 us.
 
 install(layer, name) replaces that property by one whose getter calls SpectralNorm.forward on
 the original tensor directly when nothing can tell the difference, and torch's own getter in
