@@ -39,6 +39,8 @@ gankern/ops/bias_act/__init__.py cites bias_act, gankern/nn/bias_act.py gp_dstep
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import os
 import statistics
 import sys
@@ -70,8 +72,6 @@ def bias_act_cases():
 
 
 def gp_dstep_cases():
-    import copy
-
     import gankern as gk
     from gankern.bench.cases import trainers as T
     from gankern.nn import bias_act as nn_bias_act
@@ -170,8 +170,8 @@ def sn_legacy_cases():
     for c in SN_LEGACY_CHANNELS:
         torch.manual_seed(0)
         base = nn.Conv2d(c, c, 3, padding=1)
-        legacy = nn.utils.spectral_norm(_copy(base))
-        converted = gk.convert_spectral_norm(nn.Sequential(nn.utils.spectral_norm(_copy(base))), group=False)[0]
+        legacy = nn.utils.spectral_norm(copy.deepcopy(base))
+        converted = gk.convert_spectral_norm(nn.Sequential(nn.utils.spectral_norm(copy.deepcopy(base))), group=False)[0]
         x = torch.randn(2, c, 8, 8)
 
         def step(m, x=x):
@@ -182,15 +182,7 @@ def sn_legacy_cases():
         yield (c, c, 3, 3), {"gankern": step(converted), "torch": step(legacy)}
 
 
-def _copy(module):
-    import copy
-
-    return copy.deepcopy(module)
-
-
 def sn_dstep_runs():
-    import copy
-
     from torch.nn.utils.parametrizations import spectral_norm as torch_sn
 
     import gankern as gk
@@ -272,10 +264,7 @@ def main(argv=None) -> int:
         what = "eval fwd+bwd" if args.op == "sn_eval" else "legacy-order training fwd+bwd"
         for shape, runs in (sn_eval_cases() if args.op == "sn_eval" else sn_legacy_cases()):
             med = _medians(runs, rounds, 20)
-            numel = 1
-            for d in shape:
-                numel *= d
-            print(f"{str(shape):18s} {numel:8d} elements  {what}: gankern {med['gankern'] * 1e6:7.1f} us, "
+            print(f"{str(shape):18s} {math.prod(shape):8d} elements  {what}: gankern {med['gankern'] * 1e6:7.1f} us, "
                   f"torch {med['torch'] * 1e6:7.1f} us  torch/gankern {med['torch'] / med['gankern']:.2f}", flush=True)
         return 0
     if args.op == "sn_layers":

@@ -43,21 +43,22 @@ def _zero_pass_timer(D, real, fake, alpha):
     return time.perf_counter() - t0
 
 
-def bound(name, build, image, lr, betas, rounds: int, cold: bool) -> dict:
+def bound(name, build, opts: dict, rounds: int, cold: bool) -> dict:
     import gankern as gk
     from gankern.bench.cases import trainers as T
     from gankern.bench.runner import _flush_cpu_cache
 
     torch.manual_seed(0)
     G0, D0 = build()
-    data = [tuple(t.float() for t in d) for d in T.make_data(2 * T.N_CRITIC, 16, image, 100, torch.device("cpu"))]
+    data = [tuple(t.float() for t in d)
+            for d in T.make_data(2 * T.N_CRITIC, 16, opts["image"], opts["z_dim"], torch.device("cpu"))]
 
     def iteration(use_gankern):
         G, D = copy.deepcopy(G0), copy.deepcopy(D0)
         if use_gankern:
             gk.nn.fuse_bias_act(D)
-        return T.Iteration(G, D, data, loss="wgan", penalty=T.gankern_gp if use_gankern else T.hand_written_gp,
-                           lr=lr, betas=betas, use_gankern=use_gankern)
+        return T.Iteration(G, D, data, loss=opts["loss"], penalty=T.gankern_gp if use_gankern else T.hand_written_gp,
+                           lr=opts["lr"], betas=opts["betas"], use_gankern=use_gankern)
 
     plain, fused = iteration(False), iteration(True)
     D_probe = copy.deepcopy(D0)
@@ -101,13 +102,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from gankern.bench.cases import trainers as T
 
-    cases = [("MLP WGAN-GP critic 1x28x28", lambda: (T.mlp_g(), T.mlp_critic()), (1, 28, 28), 2e-4, (0.5, 0.999)),
-             ("DCGAN WGAN-GP critic 3x32x32 width 32", lambda: (T.dcgan_g32(100, 32), T.dcgan_critic32(32)),
-              (3, 32, 32), 1e-4, (0.5, 0.9))]
     print(f"batch 16, {T.N_CRITIC} D steps + G + EMA, fp32, {args.threads} threads, {args.rounds} rounds"
           + (", cold cache" if args.cold else ""))
-    for name, build, image, lr, betas in cases:
-        r = bound(name, build, image, lr, betas, args.rounds, args.cold)
+    for name, build, opts in T.wgan_gp_trainers(32):  # the quick bench's width
+        r = bound(name, build, opts, args.rounds, args.cold)
         print(f"{name}: zero passes {100 * r['zero_share']:.1f}% of the as-written iteration; "
               f"bound {r['bound']:.3f}x; gankern {r['gankern']:.3f}x")
     return 0

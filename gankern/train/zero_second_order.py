@@ -11,9 +11,10 @@ prune(out, g, x_hat) finds those edges in g's graph and drops the zero (a node p
 None for it), so the engine skips the forward graph they lead to. Parameters whose only penalty
 gradient was that zero (the biases: x + b does not enter g's formula) still get an exact zero
 gradient, as torch would give them, from the penalty's own node (gk.ops.norm_penalty's
-_EagerNormPenalty, which gradient_penalty hands them): an optimizer step after a penalty-only backward (lazy R1) then treats them the same, and DDP's
-reducer sees every parameter. The weights get their real second-order gradients from g's own
-graph, as before. Only ops whose zero is verified in tests/test_zero_second_order.py are pruned.
+_EagerNormPenalty, which gradient_penalty hands them): an optimizer step after a penalty-only
+backward (lazy R1) then treats them the same, and DDP's reducer sees every parameter. The
+weights get their real second-order gradients from g's own graph, as before. Only ops whose
+zero is verified in tests/test_zero_second_order.py are pruned.
 """
 
 from __future__ import annotations

@@ -287,19 +287,26 @@ def make_case(name: str, build: Callable, *, image, z_dim, batch, loss, lr, beta
                 overhead_over=floor_label, min_rounds=min_rounds)
 
 
+def wgan_gp_trainers(ch: int) -> list:
+    """The WGAN-GP trainer cases as (name, build, options): cases() times them and
+    scripts/penalty_bound.py bounds them, so both run the same models and settings."""
+    return [("MLP WGAN-GP critic 1x28x28", lambda: (mlp_g(), mlp_critic()),
+             dict(image=(1, 28, 28), z_dim=100, loss="wgan", lr=2e-4, betas=(0.5, 0.999))),
+            (f"DCGAN WGAN-GP critic 3x32x32 width {ch}", lambda: (dcgan_g32(100, ch), dcgan_critic32(ch)),
+             dict(image=(3, 32, 32), z_dim=100, loss="wgan", lr=1e-4, betas=(0.5, 0.9)))]
+
+
 def cases(device: torch.device, quick: bool) -> list[Case]:
     big = device.type == "cuda" or not quick
     batch = 64 if device.type == "cuda" else (16 if quick else 64)
     ch = 64 if big else 32
+    (mlp, mlp_build, mlp_opts), (dcgan, dcgan_build, dcgan_opts) = wgan_gp_trainers(ch)
     return [
-        make_case("MLP WGAN-GP critic 1x28x28", lambda: (mlp_g(), mlp_critic()), image=(1, 28, 28), z_dim=100,
-                  batch=batch, loss="wgan", lr=2e-4, betas=(0.5, 0.999), sn=False, device=device,
+        make_case(mlp, mlp_build, **mlp_opts, batch=batch, sn=False, device=device,
                   # ~40 ms an iteration on a 2-core CPU, judged against 1.0x: one sample drifts by
                   # +-5% there, so the median needs more rounds than the quick budget's 11.
                   min_rounds=25),
-        make_case(f"DCGAN WGAN-GP critic 3x32x32 width {ch}", lambda: (dcgan_g32(100, ch), dcgan_critic32(ch)),
-                  image=(3, 32, 32), z_dim=100, batch=batch, loss="wgan", lr=1e-4, betas=(0.5, 0.9), sn=False,
-                  device=device),
+        make_case(dcgan, dcgan_build, **dcgan_opts, batch=batch, sn=False, device=device),
         make_case(f"SNGAN ResNet-32 hinge + SN width {2 * ch}",
                   lambda: (ResNetG32(128, 2 * ch), ResNetD32(2 * ch)), image=(3, 32, 32), z_dim=128,
                   batch=batch // 2 if not big else batch, loss="hinge", lr=2e-4, betas=(0.0, 0.9), sn=True,
